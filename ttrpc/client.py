@@ -11,6 +11,7 @@ from typing import TypeVar
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
+
 from pyoci.protos import ttrpc_request_pb2
 
 from .codec import ClientStreams, Frame, FrameDecoder, FrameType, ProtocolError, encode_frame

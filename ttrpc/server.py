@@ -21,6 +21,7 @@ from typing import Any
 from google.protobuf import message_factory
 from google.protobuf.descriptor import ServiceDescriptor
 from google.protobuf.message import DecodeError, Message
+
 from pyoci.protos import google_rpc_status_pb2, ttrpc_request_pb2
 
 from .codec import Frame, FrameDecoder, FrameType, ProtocolError, ServerStreams, encode_frame

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from pyoci.protos import (
     cgroups_v1_metrics_pb2,
     cgroups_v2_metrics_pb2,

@@ -5,6 +5,7 @@ import struct
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
 from pyoci.ttrpc.codec import (
     HEADER_SIZE,
     MAX_MESSAGE,

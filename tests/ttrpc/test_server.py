@@ -6,6 +6,7 @@ import socket
 import struct
 
 import pytest
+
 from pyoci.protos import containerd_task_v2_pb2 as task
 from pyoci.protos import ttrpc_request_pb2
 from pyoci.ttrpc.client import Client

@@ -1,0 +1,72 @@
+"""Fixtures: a private containerd (one per test session), the offline busybox image, ctr, a gRPC client.
+
+Integration tests need root (containerd, mounts, cgroups). They are not skipped when something is
+missing: a harness that cannot start is a failure, not a pass.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from integration.harness.containerd import Containerd
+from integration.harness.ctr import Ctr
+from integration.harness.grpc import ContainerdClient
+from integration.harness.image import IMAGE_NAME, build_busybox_image
+
+NAMESPACE = "pyoci-test"
+
+
+def pytest_collection_modifyitems(items):
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def containerd():
+    if os.geteuid() != 0:
+        pytest.fail("integration tests need root (they run a private containerd)")
+    base = Path(tempfile.mkdtemp(prefix="pyoci-it-", dir="/tmp"))
+    daemon = Containerd(base, binary=os.environ.get("PYOCI_CONTAINERD", "") or Containerd(base).binary)
+    daemon.start()
+    yield daemon
+    leftovers = daemon.stop()
+    if leftovers:
+        pytest.fail("the test session left these behind:\n  " + "\n  ".join(leftovers))
+
+
+@pytest.fixture
+def ctr(containerd) -> Ctr:
+    return Ctr(containerd.address, NAMESPACE, containerd.env())
+
+
+@pytest.fixture(scope="session")
+def busybox_image(containerd) -> str:
+    tar = build_busybox_image(containerd.base / "busybox.tar")
+    Ctr(containerd.address, NAMESPACE, containerd.env())("images", "import", str(tar))
+    return IMAGE_NAME
+
+
+@pytest.fixture
+async def grpc_client(containerd):
+    client = ContainerdClient(containerd.address, NAMESPACE)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def container_id(request, ctr):
+    """A container id unique to the test; whatever the test leaves of it is removed afterwards."""
+    cid = re.sub(r"[^a-zA-Z0-9_.-]", "-", request.node.name)[:60].strip("-.")
+    yield cid
+    with contextlib.suppress(AssertionError):
+        ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
+        ctr("tasks", "delete", "--force", cid, check=False)
+        ctr("containers", "delete", cid, check=False)

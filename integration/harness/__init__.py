@@ -1,0 +1,1 @@
+"""The integration-test harness: a private real containerd, an offline busybox image, ctr and gRPC clients."""
