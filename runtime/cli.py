@@ -1,19 +1,446 @@
-"""``pyoci``: the runc-compatible command line over the runtime core."""
+"""``pyoci``: a runc-compatible command line over the runtime core.
+
+It accepts what containerd's runc shim passes to runc (``--root --log --log-format json create --bundle
+--pid-file ...``), so ``ctr run --runc-binary pyoci`` drives pyoci through containerd's own shim.
+Errors go to stderr as ``pyoci: <message>`` and, with ``--log``, as runc-style JSON lines (level
+"error") that the runc shim quotes in its "OCI runtime create failed" messages. Exit status 1 on error.
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import json
+import logging
+import os
+import signal
 import sys
+from dataclasses import replace
 
 from . import __version__
 
+log = logging.getLogger("pyoci")
+
+
+class _JSONFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        now = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+        return json.dumps(
+            {
+                "level": record.levelname.lower().replace("warning", "warn"),
+                "msg": record.getMessage(),
+                "time": now.isoformat().replace("+00:00", "Z"),
+            }
+        )
+
+
+def _setup_logging(args: argparse.Namespace) -> None:
+    root = logging.getLogger()
+    root.setLevel(logging.DEBUG if args.debug else logging.INFO)
+    if args.log:
+        handler: logging.Handler = logging.FileHandler(args.log)
+        handler.setFormatter(
+            _JSONFormatter()
+            if args.log_format == "json"
+            else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+        )
+        root.addHandler(handler)
+    stderr = logging.StreamHandler(sys.stderr)
+    stderr.setLevel(logging.WARNING)
+    stderr.setFormatter(logging.Formatter("pyoci: %(levelname)s: %(message)s"))
+    root.addHandler(stderr)
+
+
+def parse_signal(value: str) -> int:
+    text = value.upper()
+    if text.isdigit():
+        return int(text)
+    name = text if text.startswith("SIG") else "SIG" + text
+    try:
+        return int(getattr(signal.Signals, name))
+    except AttributeError:
+        raise argparse.ArgumentTypeError(f"unknown signal {value!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="pyoci", description="pyoci: an OCI runtime (runc-compatible CLI)")
+    p.add_argument("--root", default="/run/pyoci", help="state directory (default /run/pyoci)")
+    p.add_argument("--log", default="", help="log file")
+    p.add_argument("--log-format", default="text", choices=["text", "json"])
+    p.add_argument("--debug", action="store_true")
+    p.add_argument("--systemd-cgroup", action="store_true")
+    p.add_argument("--criu", default="", help=argparse.SUPPRESS)
+    p.add_argument("--rootless", default="", help=argparse.SUPPRESS)
+    p.add_argument("-v", "--version", action="store_true")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def cmd(name: str, help: str, *, container: bool = True) -> argparse.ArgumentParser:
+        s = sub.add_parser(name, help=help)
+        if container:
+            s.add_argument("id")
+        return s
+
+    for name in ("create", "run"):
+        s = cmd(name, "create a container" if name == "create" else "create, start and wait for a container")
+        s.add_argument("--bundle", "-b", default=".")
+        s.add_argument("--pid-file", default="")
+        s.add_argument("--console-socket", default="")
+        s.add_argument("--no-pivot", action="store_true")
+        s.add_argument("--no-new-keyring", action="store_true")
+        s.add_argument("--preserve-fds", type=int, default=0)
+        if name == "run":
+            s.add_argument("--detach", "-d", action="store_true")
+    cmd("start", "start a created container")
+    s = cmd("state", "print a container's state as JSON")
+    s = cmd("kill", "signal a container's init (or all its processes)")
+    s.add_argument("signal", nargs="?", default="SIGTERM")
+    s.add_argument("--all", "-a", action="store_true")
+    s = cmd("delete", "delete a container")
+    s.add_argument("--force", "-f", action="store_true")
+    s = cmd("exec", "run a process in a running container")
+    s.add_argument("command_args", nargs=argparse.REMAINDER)
+    s.add_argument("--process", "-p", default="")
+    s.add_argument("--detach", "-d", action="store_true")
+    s.add_argument("--pid-file", default="")
+    s.add_argument("--tty", "-t", action="store_true")
+    s.add_argument("--console-socket", default="")
+    s.add_argument("--cwd", default="")
+    s.add_argument("--env", "-e", action="append", default=[])
+    s.add_argument("--user", "-u", default="")
+    s.add_argument("--cap", action="append", default=[])
+    s.add_argument("--no-new-privs", action="store_true")
+    s.add_argument("--preserve-fds", type=int, default=0)
+    s = cmd("ps", "list a container's processes")
+    s.add_argument("--format", "-f", default="table", choices=["table", "json"])
+    s.add_argument("ps_args", nargs="*")
+    cmd("pause", "freeze a container's processes")
+    cmd("resume", "thaw a paused container")
+    s = cmd("update", "change a running container's resources")
+    s.add_argument("--resources", "-r", default="")
+    s.add_argument("--memory", type=int)
+    s.add_argument("--memory-swap", type=int)
+    s.add_argument("--pids-limit", type=int)
+    s.add_argument("--cpu-shares", type=int)
+    s.add_argument("--cpu-quota", type=int)
+    s.add_argument("--cpu-period", type=int)
+    s = cmd("list", "list containers", container=False)
+    s.add_argument("--format", "-f", default="table", choices=["table", "json"])
+    s.add_argument("--quiet", "-q", action="store_true")
+    cmd("features", "print what this runtime supports (JSON)", container=False)
+    s = cmd("spec", "write a default config.json", container=False)
+    s.add_argument("--bundle", "-b", default=".")
+    s.add_argument("--rootless", action="store_true")
+    s = cmd("events", "print container statistics")
+    s.add_argument("--stats", action="store_true")
+    s.add_argument("--interval", default="5s")
+    return p
+
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args and args[0] in ("-v", "--version", "version"):
-        print(f"pyoci version {__version__}")
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.version:
+        print(f"pyoci version {__version__}\nspec: 1.2.0")
         return 0
-    print("pyoci: the runtime CLI is not implemented yet", file=sys.stderr)
-    return 1
+    if not args.command:
+        _parser().print_usage(sys.stderr)
+        return 2
+    _setup_logging(args)
+    from .errors import PyociError
+
+    try:
+        if args.systemd_cgroup:
+            raise PyociError("--systemd-cgroup is not supported: pyoci manages cgroupfs paths directly")
+        return _COMMANDS[args.command](args)
+    except PyociError as exc:
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+# ------------------------------------------------------------------------------------------- commands
+
+
+def _store(args):
+    from .state import Store
+
+    return Store(args.root)
+
+
+def _load(args):
+    from .container import Container
+
+    return Container.load(_store(args), args.id)
+
+
+def _no_console(args) -> None:
+    from .errors import Unsupported
+
+    if getattr(args, "console_socket", ""):
+        raise Unsupported("--console-socket: terminals are not supported by pyoci yet")
+
+
+def cmd_create(args) -> int:
+    from .container import Container, CreateOptions
+
+    _no_console(args)
+    options = CreateOptions(no_pivot=args.no_pivot, pid_file=args.pid_file or None)
+    Container.create(_store(args), args.id, args.bundle, options)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from . import kernel
+    from .container import Container, CreateOptions
+
+    _no_console(args)
+    if not args.detach:
+        kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
+    container = Container.create(
+        _store(args),
+        args.id,
+        args.bundle,
+        CreateOptions(no_pivot=args.no_pivot, pid_file=args.pid_file or None),
+    )
+    container.start()
+    if args.detach:
+        return 0
+    status = _wait_forwarding_signals(container.state.pid)
+    container.delete(force=True)
+    return status
+
+
+def _wait_forwarding_signals(pid: int) -> int:
+    """Wait for ``pid`` (reaping any other orphan on the way); forward SIGINT/SIGTERM/SIGHUP to it."""
+
+    def forward(sig, _frame):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1, signal.SIGUSR2):
+        signal.signal(sig, forward)
+    while True:
+        try:
+            got, status = os.waitpid(-1, 0)
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return 255
+        if got == pid:
+            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+
+
+def cmd_start(args) -> int:
+    _load(args).start()
+    return 0
+
+
+def cmd_state(args) -> int:
+    print(json.dumps(_load(args).oci_state(), indent=2))
+    return 0
+
+
+def cmd_kill(args) -> int:
+    try:
+        sig = parse_signal(args.signal)
+    except argparse.ArgumentTypeError as exc:
+        from .errors import PyociError
+
+        raise PyociError(str(exc)) from None
+    _load(args).kill(sig, all_processes=args.all)
+    return 0
+
+
+def cmd_delete(args) -> int:
+    from .errors import NotFound
+
+    try:
+        container = _load(args)
+    except NotFound:
+        if args.force:
+            return 0
+        raise
+    container.delete(force=args.force)
+    return 0
+
+
+def cmd_exec(args) -> int:
+    from . import kernel
+    from .errors import ConfigError
+    from .spec import Capabilities, User, parse_process
+
+    _no_console(args)
+    container = _load(args)
+    if args.process:
+        try:
+            with open(args.process) as f:
+                data = json.load(f)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("", f"cannot read {args.process}: {exc}", source="process") from None
+        process = parse_process(data, source=args.process)
+    else:
+        base = container.spec.process
+        if not args.command_args:
+            raise ConfigError("args", "exec needs a command", source="exec")
+        assert base is not None
+        process = replace(base, args=tuple(args.command_args), terminal=args.tty)
+        if args.cwd:
+            process = replace(process, cwd=args.cwd)
+        if args.env:
+            process = replace(process, env=process.env + tuple(args.env))
+        if args.user:
+            uid, _, gid = args.user.partition(":")
+            process = replace(process, user=User(uid=int(uid), gid=int(gid or 0)))
+        if args.cap and process.capabilities:
+            caps = process.capabilities
+            extra = tuple(args.cap)
+            process = replace(
+                process,
+                capabilities=Capabilities(
+                    caps.bounding + extra,
+                    caps.effective + extra,
+                    caps.inheritable,
+                    caps.permitted + extra,
+                    caps.ambient,
+                ),
+            )
+        if args.no_new_privs:
+            process = replace(process, no_new_privileges=True)
+    if process.terminal:
+        from .errors import Unsupported
+
+        raise Unsupported("process.terminal: terminals are not supported by pyoci yet")
+    if not args.detach:
+        kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
+    pid = container.exec(process)
+    if args.pid_file:
+        from .container import _write_pid_file
+
+        _write_pid_file(args.pid_file, pid)
+    if args.detach:
+        return 0
+    return _wait_forwarding_signals(pid)
+
+
+def cmd_ps(args) -> int:
+    pids = _load(args).pids()
+    if args.format == "json":
+        print(json.dumps(pids))
+    else:
+        print("PID")
+        for pid in pids:
+            print(pid)
+    return 0
+
+
+def cmd_pause(args) -> int:
+    _load(args).pause()
+    return 0
+
+
+def cmd_resume(args) -> int:
+    _load(args).resume()
+    return 0
+
+
+def cmd_update(args) -> int:
+    from .errors import ConfigError
+    from .spec import parse_resources
+
+    data: dict = {}
+    if args.resources:
+        try:
+            text = sys.stdin.read() if args.resources == "-" else open(args.resources).read()
+            data = json.loads(text)
+        except (OSError, ValueError) as exc:
+            raise ConfigError("", f"cannot read {args.resources}: {exc}", source="resources") from None
+    for key, flag in (("limit", args.memory), ("swap", args.memory_swap)):
+        if flag is not None:
+            data.setdefault("memory", {})[key] = flag
+    if args.pids_limit is not None:
+        data["pids"] = {"limit": args.pids_limit}
+    for key, flag in (("shares", args.cpu_shares), ("quota", args.cpu_quota), ("period", args.cpu_period)):
+        if flag is not None:
+            data.setdefault("cpu", {})[key] = flag
+    for warning in _load(args).update(parse_resources(data, source="resources")):
+        log.warning("%s", warning)
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .container import Container
+
+    store = _store(args)
+    states = []
+    for cid in store.list():
+        try:
+            states.append(Container.load(store, cid).oci_state())
+        except Exception as exc:  # a half-deleted container must not break listing
+            log.debug("list: %s: %s", cid, exc)
+    if args.quiet:
+        print("\n".join(s["id"] for s in states))
+    elif args.format == "json":
+        print(json.dumps(states))
+    else:
+        print(f"{'ID':<24}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
+        for s in states:
+            print(
+                f"{s['id']:<24}{s['pid']:<10}{s['status']:<10}{s['bundle']:<40}{s['created']:<32}{s['owner']}"
+            )
+    return 0
+
+
+def cmd_features(args) -> int:
+    from .features import features
+
+    print(json.dumps(features(), indent=2))
+    return 0
+
+
+def cmd_spec(args) -> int:
+    from .features import default_spec
+
+    path = os.path.join(args.bundle, "config.json")
+    if os.path.exists(path):
+        from .errors import PyociError
+
+        raise PyociError(f"{path} already exists")
+    with open(path, "w") as f:
+        json.dump(default_spec(), f, indent=2)
+    return 0
+
+
+def cmd_events(args) -> int:
+    from .errors import Unsupported
+
+    container = _load(args)
+    if not args.stats:
+        raise Unsupported("events: only --stats is supported")
+    from .stats import cgroup_stats
+
+    print(json.dumps({"type": "stats", "id": container.id, "data": cgroup_stats(container.cgroup)}))
+    return 0
+
+
+_COMMANDS = {
+    "create": cmd_create,
+    "run": cmd_run,
+    "start": cmd_start,
+    "state": cmd_state,
+    "kill": cmd_kill,
+    "delete": cmd_delete,
+    "exec": cmd_exec,
+    "ps": cmd_ps,
+    "pause": cmd_pause,
+    "resume": cmd_resume,
+    "update": cmd_update,
+    "list": cmd_list,
+    "features": cmd_features,
+    "spec": cmd_spec,
+    "events": cmd_events,
+}
 
 
 if __name__ == "__main__":

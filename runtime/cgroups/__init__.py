@@ -1,0 +1,30 @@
+"""cgroup managers: v1, v2, and hybrid (v1 controllers + a cgroup2 mount), behind one interface.
+
+``open_cgroup(path)`` looks at the host's cgroup mounts once and returns the right manager for a
+container's ``cgroupsPath``. Managers create the cgroup, place processes in it, apply resources, list,
+freeze and kill its processes, and remove it. They raise :class:`CgroupError` naming the file at fault.
+"""
+
+from __future__ import annotations
+
+from .base import CgroupError, Manager
+from .layout import Layout, detect_layout
+
+
+def open_cgroup(cgroups_path: str, container_id: str, layout: Layout | None = None) -> Manager:
+    """The manager for a container's cgroup. ``cgroups_path`` empty → ``/pyoci/<id>``; a relative
+    path is taken relative to this process's own cgroup, as runc does."""
+    from .v1 import V1Manager
+    from .v2 import V2Manager
+
+    layout = layout or detect_layout()
+    path = cgroups_path or f"/pyoci/{container_id}"
+    if ":" in path and not path.startswith("/"):
+        raise CgroupError(f"cgroupsPath {path!r} is a systemd slice path; pyoci manages cgroupfs paths only")
+    if layout.mode == "unified":
+        return V2Manager(layout.resolve_v2(path))
+    unified = layout.resolve_v2(path) if layout.unified_mount else None
+    return V1Manager(layout.resolve_v1(path), unified=V2Manager(unified) if unified else None)
+
+
+__all__ = ["CgroupError", "Layout", "Manager", "detect_layout", "open_cgroup"]

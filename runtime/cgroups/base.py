@@ -1,0 +1,123 @@
+"""The manager interface and the small file helpers every implementation shares."""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+
+from ..errors import PyociError
+from ..spec import Resources
+
+
+class CgroupError(PyociError):
+    pass
+
+
+def write(path: str, value: str) -> None:
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise CgroupError(f"cgroup: open {path}: {exc.strerror}") from None
+    try:
+        os.write(fd, value.encode())
+    except OSError as exc:
+        raise CgroupError(f"cgroup: write {value!r} to {path}: {exc.strerror}") from None
+    finally:
+        os.close(fd)
+
+
+def read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def read_pids(path: str) -> list[int]:
+    try:
+        return [int(line) for line in read(path).split()]
+    except FileNotFoundError:
+        return []
+
+
+def remove_dir(path: str, attempts: int = 50) -> None:
+    """rmdir a cgroup, retrying while its last processes finish exiting (EBUSY)."""
+    for _ in range(attempts):
+        try:
+            os.rmdir(path)
+            return
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            if exc.errno != errno.EBUSY:
+                raise CgroupError(f"cgroup: remove {path}: {exc.strerror}") from None
+            time.sleep(0.01)
+    raise CgroupError(
+        f"cgroup: remove {path}: still busy (processes left: {read_pids(path + '/cgroup.procs')})"
+    )
+
+
+class Manager(ABC):
+    """One container's cgroup, wherever the host keeps it."""
+
+    @abstractmethod
+    def create(self) -> None:
+        """Make the cgroup directories (idempotent)."""
+
+    @abstractmethod
+    def add(self, pid: int) -> None:
+        """Move a process into the cgroup."""
+
+    @abstractmethod
+    def apply(self, resources: Resources | None, *, update: bool = False) -> list[str]:
+        """Write resource limits; returns warnings (ignored deprecated settings)."""
+
+    @abstractmethod
+    def pids(self) -> list[int]:
+        """Every process in the cgroup (and below)."""
+
+    @abstractmethod
+    def freeze(self) -> None: ...
+
+    @abstractmethod
+    def thaw(self) -> None: ...
+
+    @abstractmethod
+    def frozen(self) -> bool: ...
+
+    @abstractmethod
+    def destroy(self) -> None:
+        """Remove the cgroup directories (the cgroup must be empty)."""
+
+    @abstractmethod
+    def exists(self) -> bool: ...
+
+    @abstractmethod
+    def paths(self) -> dict[str, str]:
+        """Controller (or "" for the unified hierarchy) → directory."""
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        """Signal every process in the cgroup; a frozen cgroup is thawed so SIGKILL takes effect."""
+        for pid in self.pids():
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        if sig == signal.SIGKILL and self.frozen():
+            self.thaw()
+
+    def destroy_all(self, timeout: float = 5.0) -> None:
+        """Kill whatever is left and remove the cgroup."""
+        if not self.exists():
+            return
+        deadline = time.monotonic() + timeout
+        while self.pids() and time.monotonic() < deadline:
+            self.kill_all()
+            time.sleep(0.005)
+        self.destroy()
+
+
+def join_nonempty(values: Iterable[str]) -> str:
+    return ",".join(v for v in values if v)

@@ -1,0 +1,186 @@
+"""cgroup v2 (unified): one directory; controllers enabled down the tree through subtree_control."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from ..spec import Resources
+from .base import CgroupError, Manager, read, read_pids, remove_dir, write
+
+
+def shares_to_weight(shares: int) -> int:
+    """cpu.shares (2..262144) → cpu.weight (1..10000), the conversion runc and crun use."""
+    if shares == 0:
+        return 0
+    return 1 + ((shares - 2) * 9999) // 262142
+
+
+def blkio_weight_to_io_weight(weight: int) -> int:
+    return 1 + (weight - 10) * 9999 // 990
+
+
+class V2Manager(Manager):
+    def __init__(self, path: str, mount: str | None = None) -> None:
+        self.path = path
+        self._mount = mount or _mount_of(path)
+
+    def paths(self) -> dict[str, str]:
+        return {"": self.path}
+
+    def exists(self) -> bool:
+        return os.path.isdir(self.path)
+
+    def create(self) -> None:
+        try:
+            os.makedirs(self.path, exist_ok=True)
+        except OSError as exc:
+            raise CgroupError(f"cgroup: mkdir {self.path}: {exc.strerror}") from None
+        self._enable_controllers()
+
+    def _enable_controllers(self) -> None:
+        rel = os.path.relpath(self.path, self._mount)
+        parts = [] if rel == "." else rel.split("/")
+        d = self._mount
+        for part in parts:
+            available = read(f"{d}/cgroup.controllers").split()
+            enabled = set(read(f"{d}/cgroup.subtree_control").split())
+            for ctrl in available:
+                if ctrl not in enabled:
+                    try:
+                        write(f"{d}/cgroup.subtree_control", "+" + ctrl)
+                    except CgroupError:
+                        pass  # e.g. cpu with realtime tasks; a resource that needs it reports it
+            d = f"{d}/{part}"
+
+    def add(self, pid: int) -> None:
+        write(f"{self.path}/cgroup.procs", str(pid))
+
+    def pids(self) -> list[int]:
+        found: list[int] = []
+        for root, _dirs, _files in os.walk(self.path):
+            found += read_pids(f"{root}/cgroup.procs")
+        return found
+
+    def freeze(self) -> None:
+        write(f"{self.path}/cgroup.freeze", "1")
+        for _ in range(2000):
+            if "frozen 1" in read(f"{self.path}/cgroup.events"):
+                return
+            time.sleep(0.001)
+        raise CgroupError(f"cgroup: {self.path} did not report frozen in cgroup.events")
+
+    def thaw(self) -> None:
+        write(f"{self.path}/cgroup.freeze", "0")
+
+    def frozen(self) -> bool:
+        try:
+            return read(f"{self.path}/cgroup.freeze").strip() == "1"
+        except FileNotFoundError:
+            return False
+
+    def kill_all(self, sig: int = signal.SIGKILL) -> None:
+        if sig == signal.SIGKILL and os.path.exists(f"{self.path}/cgroup.kill"):
+            write(f"{self.path}/cgroup.kill", "1")
+            return
+        super().kill_all(sig)
+
+    def destroy(self) -> None:
+        for root, _dirs, _files in sorted(os.walk(self.path), key=lambda e: -len(e[0])):
+            remove_dir(root)
+
+    def set_hugetlb(self, page_size: str, limit: int) -> None:
+        self._set(f"hugetlb.{page_size}.max", str(limit), "linux.resources.hugepageLimits")
+
+    def _set(self, name: str, value: str, field: str) -> None:
+        path = f"{self.path}/{name}"
+        if not os.path.exists(path):
+            raise CgroupError(f"{field}: {name} is not available (controller not enabled or not supported)")
+        write(path, value)
+
+    def apply(self, resources: Resources | None, *, update: bool = False) -> list[str]:
+        warnings: list[str] = []
+        if resources is None:
+            return warnings
+        m = resources.memory
+        if m:
+            f = "linux.resources.memory"
+            if m.limit is not None:
+                self._set("memory.max", "max" if m.limit == -1 else str(m.limit), f + ".limit")
+            if m.reservation is not None:
+                self._set(
+                    "memory.low", "max" if m.reservation == -1 else str(m.reservation), f + ".reservation"
+                )
+            if m.swap is not None:
+                if m.swap == -1:
+                    swap = "max"
+                elif m.limit is None or m.limit == -1:
+                    raise CgroupError(f"{f}.swap: a swap limit needs a memory limit on cgroup v2")
+                else:
+                    swap = str(m.swap - m.limit)  # OCI swap is memory+swap; v2 limits swap alone
+                if os.path.exists(f"{self.path}/memory.swap.max"):
+                    self._set("memory.swap.max", swap, f + ".swap")
+                elif swap != "max":
+                    raise CgroupError(f"{f}.swap: swap accounting is not enabled in this kernel")
+            if m.swappiness is not None:
+                warnings.append(f"{f}.swappiness is not supported on cgroup v2 and is ignored")
+            if m.disable_oom_killer:
+                warnings.append(f"{f}.disableOOMKiller is not supported on cgroup v2 and is ignored")
+            for name, value in (("kernel", m.kernel), ("kernelTCP", m.kernel_tcp)):
+                if value is not None:
+                    warnings.append(f"{f}.{name} is deprecated and ignored")
+        c = resources.cpu
+        if c:
+            f = "linux.resources.cpu"
+            if c.shares:
+                self._set("cpu.weight", str(shares_to_weight(c.shares)), f + ".shares")
+            if c.quota is not None or c.period is not None:
+                quota = "max" if c.quota is None or c.quota <= 0 else str(c.quota)
+                self._set("cpu.max", f"{quota} {c.period or 100000}", f + ".quota")
+            if c.burst is not None:
+                self._set("cpu.max.burst", str(c.burst), f + ".burst")
+            if c.idle is not None:
+                self._set("cpu.idle", str(c.idle), f + ".idle")
+            if c.realtime_runtime or c.realtime_period:
+                raise CgroupError(f"{f}.realtimeRuntime: realtime scheduling limits need cgroup v1")
+            if c.cpus:
+                self._set("cpuset.cpus", c.cpus, f + ".cpus")
+            if c.mems:
+                self._set("cpuset.mems", c.mems, f + ".mems")
+        if resources.pids_limit is not None:
+            limit = resources.pids_limit
+            self._set("pids.max", str(limit) if limit > 0 else "max", "linux.resources.pids.limit")
+        b = resources.block_io
+        if b:
+            f = "linux.resources.blockIO"
+            if b.weight is not None:
+                if os.path.exists(f"{self.path}/io.bfq.weight"):
+                    self._set("io.bfq.weight", str(b.weight), f + ".weight")
+                else:
+                    self._set("io.weight", str(blkio_weight_to_io_weight(b.weight)), f + ".weight")
+            for key, devices in (
+                ("rbps", b.throttle_read_bps_device),
+                ("wbps", b.throttle_write_bps_device),
+                ("riops", b.throttle_read_iops_device),
+                ("wiops", b.throttle_write_iops_device),
+            ):
+                for td in devices:
+                    self._set("io.max", f"{td.major}:{td.minor} {key}={td.rate}", f)
+        for hp in resources.hugepage_limits:
+            self.set_hugetlb(hp.page_size, hp.limit)
+        for key, value in resources.unified:
+            if "/" in key or key.startswith("."):
+                raise CgroupError(f"linux.resources.unified.{key}: not a cgroup file name")
+            self._set(key, value, f"linux.resources.unified.{key}")
+        if resources.devices and not update:
+            warnings.append(
+                "linux.resources.devices: device rules are not enforced on cgroup v2 yet (no eBPF program)"
+            )
+        return warnings
+
+
+def _mount_of(path: str) -> str:
+    from .layout import detect_layout
+
+    return detect_layout().unified_mount

@@ -1,0 +1,348 @@
+"""The container lifecycle (create → start → kill → delete, plus exec, pause, resume, update), shared by
+the ``pyoci`` CLI and the shim.
+
+Create reads like the spec's lifecycle: validate the bundle, claim the state dir, make the cgroup,
+compute the process plan, fork the init (which stops on exec.fifo), record the state. Whatever fails
+half-way is undone in reverse: the process is killed, the cgroup and the state dir removed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import errno
+import logging
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import kernel as k
+from . import process as proc
+from . import security
+from .cgroups import Manager, open_cgroup
+from .errors import ConfigError, InvalidState, PyociError, SetupError
+from .hooks import run_hooks
+from .seccomp import compile_filter
+from .spec import Process, Resources, Spec, load_spec
+from .state import State, Store, process_start_time, process_status, validate_id
+
+log = logging.getLogger("pyoci.runtime")
+
+CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
+
+
+@dataclass
+class CreateOptions:
+    stdio: tuple[int, int, int] | None = None  # fds for the init's stdin/stdout/stderr (None: inherit)
+    no_pivot: bool = False
+    pid_file: str | None = None
+
+
+class Container:
+    def __init__(self, store: Store, state: State) -> None:
+        self.store = store
+        self.state = state
+        self._spec: Spec | None = None
+        self._cgroup: Manager | None = None
+
+    # --------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, store: Store, container_id: str) -> Container:
+        return cls(store, store.load(container_id))
+
+    @property
+    def id(self) -> str:
+        return self.state.id
+
+    @property
+    def spec(self) -> Spec:
+        if self._spec is None:
+            self._spec = load_spec(self.state.bundle)
+        return self._spec
+
+    @property
+    def cgroup(self) -> Manager:
+        if self._cgroup is None:
+            self._cgroup = open_cgroup(self.state.cgroups_path, self.id)
+        return self._cgroup
+
+    # ---------------------------------------------------------------------------------------- create
+
+    @classmethod
+    def create(
+        cls, store: Store, container_id: str, bundle: str, options: CreateOptions | None = None
+    ) -> Container:
+        options = options or CreateOptions()
+        validate_id(container_id)
+        bundle = os.path.abspath(bundle)
+        spec = load_spec(bundle)
+        if spec.process is None:
+            raise ConfigError("process", "required to create a container")
+        rootfs = spec.root.path if spec.root.path.startswith("/") else os.path.join(bundle, spec.root.path)
+        if not os.path.isdir(rootfs):
+            raise ConfigError("root.path", f"{rootfs} is not a directory")
+        store.create(container_id)
+        container = cls(
+            store,
+            State(
+                id=container_id,
+                bundle=bundle,
+                rootfs=rootfs,
+                created=datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
+                annotations=dict(spec.annotations),
+                cgroups_path=spec.linux.cgroups_path,
+            ),
+        )
+        container._spec = spec
+        try:
+            container._create(spec, options)
+        except BaseException:
+            container._undo_create()
+            raise
+        return container
+
+    def _create(self, spec: Spec, options: CreateOptions) -> None:
+        assert spec.process is not None
+        cgroup = self.cgroup
+        cgroup.create()
+        self.state.cgroup_paths = cgroup.paths()
+        for warning in cgroup.apply(spec.linux.resources):
+            log.warning("%s: %s", self.id, warning)
+        fifo = self.store.fifo(self.id)
+        os.mkfifo(fifo, 0o622)
+        fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
+        join_fds: list[int] = []
+        try:
+            plan = self._init_plan(spec, options, fifo_fd, join_fds)
+            spawned = proc.spawn_init(plan, cgroup.add, self._runtime_hooks)
+        finally:
+            os.close(fifo_fd)
+            for fd in join_fds:
+                os.close(fd)
+        self._init_channel = spawned.channel
+        self.state.pid = spawned.pid
+        self.state.pid_start = process_start_time(spawned.pid)
+        self.store.save(self.state)
+        if options.pid_file:
+            _write_pid_file(options.pid_file, spawned.pid)
+
+    def _init_plan(self, spec: Spec, options: CreateOptions, fifo_fd: int, join_fds: list[int]) -> proc.Plan:
+        assert spec.process is not None
+        linux = spec.linux
+        new = 0
+        new_user = False
+        join: list[tuple[int, int]] = []
+        for i, ns in enumerate(linux.namespaces):
+            flag = k.NAMESPACE_FLAGS[ns.type]
+            if not ns.path:
+                if ns.type == "user":
+                    new_user = True
+                else:
+                    new |= flag
+                continue
+            try:
+                fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError as exc:
+                raise ConfigError(
+                    f"linux.namespaces[{i}].path", f"cannot open {ns.path}: {exc.strerror}"
+                ) from None
+            join_fds.append(fd)
+            join.append((flag, fd))
+        join.sort(key=lambda item: item[0] != k.CLONE_NEWUSER)  # the user namespace is joined first
+        return proc.Plan(
+            process=spec.process,
+            spec=spec,
+            rootfs=self.state.rootfs,
+            stdio=options.stdio,
+            new_namespaces=new,
+            new_user=new_user,
+            join=join,
+            uid_map="".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in linux.uid_mappings),
+            gid_map="".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in linux.gid_mappings),
+            time_offsets="".join(f"{clock} {secs} {nsecs}\n" for clock, secs, nsecs in linux.time_offsets),
+            cgroup_paths=self.state.cgroup_paths,
+            caps=security.cap_sets(spec.process.capabilities, security.host_bounding_set()),
+            rlimits=security.rlimits(spec.process),
+            seccomp=compile_filter(linux.seccomp) if linux.seccomp else None,
+            exec_fifo=fifo_fd,
+            no_pivot=options.no_pivot,
+        )
+
+    def _runtime_hooks(self, pid: int) -> dict:
+        self.state.pid = pid
+        state = self.oci_state(status="creating")
+        hooks = self.spec.hooks
+        run_hooks("prestart", hooks.prestart, state)
+        run_hooks("createRuntime", hooks.create_runtime, state)
+        return state
+
+    def _undo_create(self) -> None:
+        try:
+            if self._cgroup is not None:
+                self._cgroup.destroy_all()
+        except PyociError as exc:
+            log.error("%s: cleaning up the cgroup after a failed create: %s", self.id, exc)
+        self.store.remove(self.id)
+
+    def close_init_channel(self) -> None:
+        channel = getattr(self, "_init_channel", None)
+        if channel is not None:
+            channel.sock.close()
+            self._init_channel = None
+
+    # ----------------------------------------------------------------------------------------- state
+
+    def init_alive(self) -> bool:
+        pid = self.state.pid
+        if not pid or process_status(pid) in ("", "Z", "X"):
+            return False
+        return process_start_time(pid) == self.state.pid_start
+
+    def status(self) -> str:
+        if not self.init_alive():
+            return STOPPED
+        if self.store.fifo(self.id).exists():
+            return CREATED
+        try:
+            if self.cgroup.frozen():
+                return PAUSED
+        except OSError:
+            pass
+        return RUNNING
+
+    def oci_state(self, status: str | None = None) -> dict:
+        status = status or self.status()
+        return {
+            "ociVersion": self.state.oci_version,
+            "id": self.id,
+            "status": status,
+            "pid": self.state.pid if status != STOPPED else 0,
+            "bundle": self.state.bundle,
+            "rootfs": self.state.rootfs,
+            "created": self.state.created,
+            "annotations": self.state.annotations,
+            "owner": self.state.owner,
+        }
+
+    # ------------------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        with self.store.lock(self.id):
+            status = self.status()
+            if status != CREATED:
+                raise InvalidState(f"container {self.id} cannot be started: it is {status}, not created")
+            proc.release(str(self.store.fifo(self.id)), self.state.pid)
+            self.store.fifo(self.id).unlink(missing_ok=True)
+            self.state.started = True
+            self.store.save(self.state)
+        self.close_init_channel()
+        try:
+            run_hooks("poststart", self.spec.hooks.poststart, self.oci_state())
+        except PyociError as exc:
+            log.warning("%s: %s", self.id, exc)
+
+    def kill(self, sig: int, all_processes: bool = False) -> None:
+        status = self.status()
+        if status == STOPPED and not all_processes:
+            raise InvalidState(f"container {self.id} is not running")
+        if all_processes:
+            self.cgroup.kill_all(sig)
+            return
+        try:
+            os.kill(self.state.pid, sig)
+        except ProcessLookupError:
+            raise InvalidState(f"container {self.id} is not running") from None
+        if sig == signal.SIGKILL and status == PAUSED:
+            self.cgroup.thaw()
+
+    def delete(self, force: bool = False) -> None:
+        with self.store.lock(self.id):
+            status = self.status()
+            if status in (RUNNING, PAUSED) and not force:
+                raise InvalidState(f"container {self.id} is {status}: stop it first or use --force")
+            if status != STOPPED:
+                self.cgroup.kill_all(signal.SIGKILL)
+                if self.init_alive():
+                    os.kill(self.state.pid, signal.SIGKILL)
+                _wait_gone(self.state.pid, self.state.pid_start)
+            self.cgroup.destroy_all()
+            self.close_init_channel()
+        try:
+            run_hooks("poststop", self.spec.hooks.poststop, self.oci_state(status=STOPPED))
+        except (PyociError, OSError) as exc:
+            log.warning("%s: %s", self.id, exc)
+        self.store.remove(self.id)
+
+    def pause(self) -> None:
+        with self.store.lock(self.id):
+            status = self.status()
+            if status != RUNNING:
+                raise InvalidState(f"container {self.id} cannot be paused: it is {status}")
+            self.cgroup.freeze()
+
+    def resume(self) -> None:
+        with self.store.lock(self.id):
+            status = self.status()
+            if status != PAUSED:
+                raise InvalidState(f"container {self.id} cannot be resumed: it is {status}, not paused")
+            self.cgroup.thaw()
+
+    def update(self, resources: Resources) -> list[str]:
+        with self.store.lock(self.id):
+            if self.status() == STOPPED:
+                raise InvalidState(f"container {self.id} is stopped")
+            return self.cgroup.apply(resources, update=True)
+
+    def pids(self) -> list[int]:
+        return self.cgroup.pids()
+
+    def exec(self, process: Process, stdio: tuple[int, int, int] | None = None) -> int:
+        """Start ``process`` inside the running container; returns its pid once it has exec'd."""
+        status = self.status()
+        if status == PAUSED:
+            raise InvalidState(f"container {self.id}: cannot exec in a paused state")
+        if status != RUNNING:
+            raise InvalidState(f"container {self.id}: cannot exec in a {status} container")
+        spec = self.spec
+        fds: list[int] = []
+        try:
+            join = []
+            for ns in spec.linux.namespaces:
+                path = f"/proc/{self.state.pid}/ns/{k.NAMESPACE_FILES[ns.type]}"
+                try:
+                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+                except OSError as exc:
+                    raise SetupError("open namespace", exc.errno or errno.EIO, path) from None
+                fds.append(fd)
+                join.append((k.NAMESPACE_FLAGS[ns.type], fd))
+            join.sort(key=lambda item: item[0] != k.CLONE_NEWUSER)
+            plan = proc.Plan(
+                process=process,
+                stdio=stdio,
+                join=join,
+                caps=security.cap_sets(process.capabilities, security.host_bounding_set()),
+                rlimits=security.rlimits(process),
+                seccomp=compile_filter(spec.linux.seccomp) if spec.linux.seccomp else None,
+                setsid=True,
+            )
+            return proc.spawn_exec(plan, self.cgroup.add)
+        finally:
+            for fd in fds:
+                os.close(fd)
+
+
+def _write_pid_file(path: str, pid: int) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    Path(tmp).write_text(str(pid))
+    os.replace(tmp, path)
+
+
+def _wait_gone(pid: int, start: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_status(pid) in ("", "Z", "X") or process_start_time(pid) != start:
+            return
+        time.sleep(0.005)
+    raise SetupError("kill", errno.ETIMEDOUT, f"process {pid} did not die after SIGKILL")

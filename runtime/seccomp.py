@@ -1,0 +1,163 @@
+"""Seccomp profiles compiled with libseccomp (through ctypes) into classic BPF, in the parent.
+
+Compiling before the fork means a bad profile is reported before any process exists, and the child
+only has to hand the finished program to the kernel (``kernel.seccomp_set_filter``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+from functools import cache
+
+from .errors import ConfigError, Unsupported
+from .spec import Seccomp
+
+_ACTIONS = {
+    "SCMP_ACT_KILL": 0x00000000,
+    "SCMP_ACT_KILL_THREAD": 0x00000000,
+    "SCMP_ACT_KILL_PROCESS": 0x80000000,
+    "SCMP_ACT_TRAP": 0x00030000,
+    "SCMP_ACT_ERRNO": 0x00050000,
+    "SCMP_ACT_TRACE": 0x7FF00000,
+    "SCMP_ACT_LOG": 0x7FFC0000,
+    "SCMP_ACT_ALLOW": 0x7FFF0000,
+    "SCMP_ACT_NOTIFY": 0x7FC00000,
+}
+_OPS = {
+    "SCMP_CMP_NE": 1,
+    "SCMP_CMP_LT": 2,
+    "SCMP_CMP_LE": 3,
+    "SCMP_CMP_EQ": 4,
+    "SCMP_CMP_GE": 5,
+    "SCMP_CMP_GT": 6,
+    "SCMP_CMP_MASKED_EQ": 7,
+}
+FLAGS = {
+    "SECCOMP_FILTER_FLAG_TSYNC": 1,
+    "SECCOMP_FILTER_FLAG_LOG": 2,
+    "SECCOMP_FILTER_FLAG_SPEC_ALLOW": 4,
+    "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
+}
+_SCMP_FLTATR_CTL_NNP = 3
+
+
+class _ArgCmp(ctypes.Structure):
+    _fields_ = [
+        ("arg", ctypes.c_uint),
+        ("op", ctypes.c_int),
+        ("datum_a", ctypes.c_uint64),
+        ("datum_b", ctypes.c_uint64),
+    ]
+
+
+@cache
+def _lib() -> ctypes.CDLL:
+    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
+    try:
+        lib = ctypes.CDLL(name, use_errno=True)
+    except OSError as exc:
+        raise Unsupported(
+            f"linux.seccomp: libseccomp is not available ({exc}); install libseccomp2"
+        ) from None
+    lib.seccomp_init.restype = ctypes.c_void_p
+    lib.seccomp_init.argtypes = [ctypes.c_uint32]
+    lib.seccomp_release.argtypes = [ctypes.c_void_p]
+    lib.seccomp_arch_add.argtypes = [ctypes.c_void_p, ctypes.c_uint32]
+    lib.seccomp_arch_resolve_name.restype = ctypes.c_uint32
+    lib.seccomp_arch_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+    lib.seccomp_rule_add_array.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_uint32,
+        ctypes.c_int,
+        ctypes.c_uint,
+        ctypes.POINTER(_ArgCmp),
+    ]
+    lib.seccomp_attr_set.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_uint32]
+    lib.seccomp_export_bpf.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    return lib
+
+
+def _action(name: str, errno_ret: int | None, where: str) -> int:
+    if name == "SCMP_ACT_NOTIFY":
+        raise Unsupported(f"{where}: SCMP_ACT_NOTIFY needs a seccomp listener, which pyoci does not support")
+    value = _ACTIONS[name]
+    if name == "SCMP_ACT_ERRNO":
+        value |= (errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF
+    elif name == "SCMP_ACT_TRACE":
+        value |= (errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF
+    return value
+
+
+def _arch_name(oci: str) -> str:
+    return oci.removeprefix("SCMP_ARCH_").lower()
+
+
+def compile_filter(profile: Seccomp) -> tuple[bytes, int]:
+    """The BPF program (sock_filter array) and the seccomp(2) flags for ``profile``."""
+    lib = _lib()
+    default = _action(profile.default_action, profile.default_errno_ret, "linux.seccomp.defaultAction")
+    ctx = lib.seccomp_init(default)
+    if not ctx:
+        raise ConfigError("linux.seccomp.defaultAction", "libseccomp refused the default action")
+    try:
+        lib.seccomp_attr_set(ctx, _SCMP_FLTATR_CTL_NNP, 0)
+        for i, arch in enumerate(profile.architectures):
+            token = lib.seccomp_arch_resolve_name(_arch_name(arch).encode())
+            if token == 0:
+                raise ConfigError(f"linux.seccomp.architectures[{i}]", f"unknown architecture {arch!r}")
+            rc = lib.seccomp_arch_add(ctx, token)
+            if rc < 0 and -rc != errno.EEXIST:
+                raise ConfigError(
+                    f"linux.seccomp.architectures[{i}]", f"cannot add {arch}: {os.strerror(-rc)}"
+                )
+        for i, rule in enumerate(profile.syscalls):
+            where = f"linux.seccomp.syscalls[{i}]"
+            action = _action(rule.action, rule.errno_ret, where + ".action")
+            if action == default:
+                continue  # libseccomp refuses rules that repeat the default action; they change nothing
+            groups = _arg_groups(rule.args)
+            for name in rule.names:
+                nr = lib.seccomp_syscall_resolve_name(name.encode())
+                if nr == -1:
+                    continue  # unknown on this kernel/arch: skipped, as runc does
+                for group in groups:
+                    cmps = (_ArgCmp * max(len(group), 1))(
+                        *[_ArgCmp(a.index, _OPS[a.op], a.value, a.value_two) for a in group]
+                    )
+                    rc = lib.seccomp_rule_add_array(ctx, action, nr, len(group), cmps)
+                    if rc < 0:
+                        raise ConfigError(
+                            where, f"libseccomp refused the rule for {name}: {os.strerror(-rc)}"
+                        )
+        fd = os.memfd_create("pyoci-seccomp", os.MFD_CLOEXEC)
+        try:
+            rc = lib.seccomp_export_bpf(ctx, fd)
+            if rc < 0:
+                raise ConfigError(
+                    "linux.seccomp", f"libseccomp could not export the filter: {os.strerror(-rc)}"
+                )
+            size = os.lseek(fd, 0, os.SEEK_END)
+            program = os.pread(fd, size, 0)
+        finally:
+            os.close(fd)
+    finally:
+        lib.seccomp_release(ctx)
+    flags = 0
+    for flag in profile.flags:
+        flags |= FLAGS[flag]
+    return program, flags
+
+
+def _arg_groups(args):
+    """libseccomp ANDs the comparisons of one rule but refuses two on the same argument: comparisons on
+    a repeated argument become separate rules (OR), as runc does."""
+    if not args:
+        return [()]
+    indexes = [a.index for a in args]
+    if len(set(indexes)) == len(indexes):
+        return [tuple(args)]
+    return [(a,) for a in args]

@@ -1,0 +1,115 @@
+"""Process credentials computed in the parent: capability masks, rlimit numbers, user and groups.
+
+The child applies them with :func:`apply_credentials` in runc's order: bounding set, then the user
+switch with capabilities kept, then capset and ambient capabilities.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+from dataclasses import dataclass
+
+from . import kernel as k
+from .errors import SetupError
+from .spec import CAP_NUMBER, Capabilities, Process
+
+_RLIM_INFINITY = 2**64 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class CapSets:
+    bounding: int
+    effective: int
+    permitted: int
+    inheritable: int
+    ambient: tuple[int, ...]
+
+
+def _mask(names: tuple[str, ...], allowed: int) -> int:
+    value = 0
+    for name in names:
+        value |= 1 << CAP_NUMBER[name]
+    return value & allowed
+
+
+def host_bounding_set() -> int:
+    """Capabilities this process can still hand out (its bounding set)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    return (1 << (k.last_cap() + 1)) - 1
+
+
+def cap_sets(caps: Capabilities | None, allowed: int) -> CapSets | None:
+    """None means "leave capabilities alone". Capabilities the host cannot grant are dropped (a root
+    without CAP_SYS_RESOURCE cannot give it), like runc ignores capabilities unknown to the kernel."""
+    if caps is None:
+        return None
+    ambient = _mask(caps.ambient, allowed) & _mask(caps.inheritable, allowed) & _mask(caps.permitted, allowed)
+    return CapSets(
+        bounding=_mask(caps.bounding, allowed),
+        effective=_mask(caps.effective, allowed),
+        permitted=_mask(caps.permitted, allowed),
+        inheritable=_mask(caps.inheritable, allowed),
+        ambient=tuple(i for i in range(64) if ambient >> i & 1),
+    )
+
+
+def rlimits(process: Process) -> tuple[tuple[int, int, int], ...]:
+    out = []
+    for rl in process.rlimits:
+        number = getattr(resource, rl.type)
+        out.append((number, _rlim(rl.soft), _rlim(rl.hard)))
+    return tuple(out)
+
+
+def _rlim(value: int) -> int:
+    return resource.RLIM_INFINITY if value >= _RLIM_INFINITY else value
+
+
+def apply_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
+    for number, soft, hard in limits:
+        try:
+            resource.setrlimit(number, (soft, hard))
+        except (OSError, ValueError) as exc:
+            err = getattr(exc, "errno", None) or errno.EPERM
+            name = next(
+                (n for n in dir(resource) if n.startswith("RLIMIT_") and getattr(resource, n) == number), ""
+            )
+            raise SetupError("set rlimit", err, f"{name} soft={soft} hard={hard}") from None
+
+
+def apply_credentials(process: Process, caps: CapSets | None) -> None:
+    user = process.user
+    try:
+        if caps is not None:
+            k.prctl(k.PR_SET_KEEPCAPS, 1)
+            for cap in range(k.last_cap() + 1):
+                if not caps.bounding >> cap & 1:
+                    k.prctl(k.PR_CAPBSET_DROP, cap)
+    except OSError as exc:
+        raise SetupError("drop bounding capabilities", exc.errno or errno.EIO) from None
+    try:
+        os.setgroups(list(user.additional_gids))
+    except OSError as exc:
+        if exc.errno != errno.EPERM or user.additional_gids:
+            raise SetupError("setgroups", exc.errno or errno.EIO, str(list(user.additional_gids))) from None
+    try:
+        os.setresgid(user.gid, user.gid, user.gid)
+        os.setresuid(user.uid, user.uid, user.uid)
+    except OSError as exc:
+        raise SetupError("set user", exc.errno or errno.EIO, f"uid={user.uid} gid={user.gid}") from None
+    if user.umask is not None:
+        os.umask(user.umask)
+    if caps is None:
+        return
+    try:
+        k.prctl(k.PR_SET_KEEPCAPS, 0)
+        k.capset(caps.effective, caps.permitted, caps.inheritable)
+        for cap in caps.ambient:
+            k.prctl(k.PR_CAP_AMBIENT, k.PR_CAP_AMBIENT_RAISE, cap)
+    except OSError as exc:
+        raise SetupError("set capabilities", exc.errno or errno.EIO) from None
