@@ -112,6 +112,8 @@ class Container:
             log.warning("%s: %s", self.id, warning)
         fifo = self.store.fifo(self.id)
         os.mkfifo(fifo, 0o622)
+        os.chmod(fifo, 0o622)  # not subject to the umask: the container's root must be able to open it
+        os.chown(fifo, _host_id(spec.linux.uid_mappings, 0), _host_id(spec.linux.gid_mappings, 0))
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         join_fds: list[int] = []
         try:
@@ -331,6 +333,14 @@ class Container:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _host_id(mappings, container_id: int) -> int:
+    """The host id that ``container_id`` maps to (itself without a user namespace)."""
+    for m in mappings:
+        if m.container_id <= container_id < m.container_id + m.size:
+            return m.host_id + container_id - m.container_id
+    return container_id
 
 
 def _write_pid_file(path: str, pid: int) -> None:
