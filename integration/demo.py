@@ -22,14 +22,8 @@ def main(argv: list[str]) -> int:
         ctr = Ctr(daemon.address, "pyoci-demo", daemon.env())
         ctr("images", "import", str(build_busybox_image(daemon.base / "busybox.tar")))
         argv = ["run", "--rm", "--runtime", runtime, "docker.io/pyoci/busybox:latest", "demo"]
-        print(
-            "$ ctr "
-            + " ".join(argv)
-            + " sh -c 'echo hello from $(hostname); id; grep ^Cap /proc/self/status'"
-        )
-        result = ctr(
-            *argv, "sh", "-c", "echo hello from $(hostname); id; grep ^Cap /proc/self/status", check=False
-        )
+        print("$ ctr " + " ".join(argv) + " sh -c 'echo hello from $(hostname); id; grep ^Cap /proc/self/status'")
+        result = ctr(*argv, "sh", "-c", "echo hello from $(hostname); id; grep ^Cap /proc/self/status", check=False)
         sys.stdout.write(result.stdout)
         sys.stderr.write(result.stderr)
         return result.returncode

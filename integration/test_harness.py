@@ -21,8 +21,6 @@ def test_busybox_image_is_reproducible(tmp_path):
 
 
 def test_runc_shim_runs_busybox(ctr, busybox_image, container_id):
-    result = ctr(
-        "run", "--rm", "--runtime", "io.containerd.runc.v2", busybox_image, container_id, "echo", "hello"
-    )
+    result = ctr("run", "--rm", "--runtime", "io.containerd.runc.v2", busybox_image, container_id, "echo", "hello")
     assert result.stdout == "hello\n"
     assert container_id not in ctr("containers", "list", "--quiet").stdout

@@ -41,9 +41,7 @@ def run(bundle, script: str, **kw) -> subprocess.CompletedProcess:
 def test_container_sees_what_the_config_says(bundle):
     c = bundle.config
     c["hostname"] = "box1"
-    c["process"]["capabilities"] = {
-        k: ["CAP_KILL", "CAP_CHOWN"] for k in ("bounding", "effective", "permitted")
-    }
+    c["process"]["capabilities"] = {k: ["CAP_KILL", "CAP_CHOWN"] for k in ("bounding", "effective", "permitted")}
     c["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 321, "hard": 321}]
     c["linux"]["resources"]["memory"] = {"limit": 64 * 1024 * 1024}
     result = run(
@@ -66,8 +64,11 @@ def test_container_sees_what_the_config_says(bundle):
 
 def test_read_only_root_and_readonly_paths(bundle):
     bundle.config["root"]["readonly"] = True
-    result = run(bundle, "touch /x 2>/dev/null && echo root-writable; echo 1 > /proc/sys/vm/swappiness 2>/dev/null "
-                 "&& echo sys-writable; touch /dev/shm/ok && echo shm-ok")  # fmt: skip
+    result = run(
+        bundle,
+        "touch /x 2>/dev/null && echo root-writable; echo 1 > /proc/sys/vm/swappiness 2>/dev/null "
+        "&& echo sys-writable; touch /dev/shm/ok && echo shm-ok",
+    )
     assert result.stdout == "shm-ok\n", result.stderr
 
 
@@ -78,9 +79,7 @@ def test_exit_status_propagates(bundle):
 def test_sigkill_from_outside_gives_137(bundle):
     bundle.config["process"]["args"] = ["sleep", "100"]
     bundle.write()
-    runner = subprocess.Popen(
-        [PYOCI, "--root", str(bundle.root), "run", "--bundle", str(bundle.path), bundle.id]
-    )
+    runner = subprocess.Popen([PYOCI, "--root", str(bundle.root), "run", "--bundle", str(bundle.path), bundle.id])
     try:
         for _ in range(200):
             state = bundle.pyoci("state", bundle.id)
@@ -109,9 +108,15 @@ def test_seccomp_argument_comparison(bundle):
     # deny personality(0xffffffff) only: the query form is refused, other calls are not filtered
     bundle.config["linux"]["seccomp"] = {
         "defaultAction": "SCMP_ACT_ALLOW",
-        "syscalls": [{"names": ["kill"], "action": "SCMP_ACT_ERRNO", "errnoRet": 13,
-                      "args": [{"index": 1, "value": 10, "op": "SCMP_CMP_EQ"}]}],
-    }  # fmt: skip
+        "syscalls": [
+            {
+                "names": ["kill"],
+                "action": "SCMP_ACT_ERRNO",
+                "errnoRet": 13,
+                "args": [{"index": 1, "value": 10, "op": "SCMP_CMP_EQ"}],
+            }
+        ],
+    }
     result = run(bundle, "kill -USR1 $$ 2>&1; echo rc=$?; kill -0 $$ && echo zero-ok")
     assert "Permission denied" in result.stdout and "zero-ok" in result.stdout
 
@@ -132,9 +137,7 @@ def test_user_namespace_maps_container_root(bundle):
 def test_lifecycle_created_running_stopped(bundle):
     bundle.config["process"]["args"] = ["sleep", "100"]
     bundle.write()
-    bundle.pyoci(
-        "create", "--bundle", str(bundle.path), "--pid-file", str(bundle.path / "pid"), bundle.id, check=True
-    )
+    bundle.pyoci("create", "--bundle", str(bundle.path), "--pid-file", str(bundle.path / "pid"), bundle.id, check=True)
     state = json.loads(bundle.pyoci("state", bundle.id, check=True).stdout)
     assert state["status"] == "created" and state["pid"] == int((bundle.path / "pid").read_text())
     assert state["bundle"] == str(bundle.path) and state["id"] == bundle.id
@@ -148,9 +151,7 @@ def test_lifecycle_created_running_stopped(bundle):
     bundle.pyoci("pause", bundle.id, check=True)
     assert json.loads(bundle.pyoci("state", bundle.id).stdout)["status"] == "paused"
     bundle.pyoci("resume", bundle.id, check=True)
-    bundle.pyoci(
-        "kill", bundle.id, "TERM", check=True
-    )  # pid 1 without a TERM handler ignores it, as with runc
+    bundle.pyoci("kill", bundle.id, "TERM", check=True)  # pid 1 without a TERM handler ignores it, as with runc
     time.sleep(0.2)
     assert json.loads(bundle.pyoci("state", bundle.id).stdout)["status"] == "running"
     bundle.pyoci("kill", bundle.id, "9", check=True)
@@ -199,27 +200,37 @@ def _bad(mutate):
 
 
 BAD_INPUT = {
-    "memory-limit-string": (lambda c: c["linux"]["resources"].update(memory={"limit": "1G"}),
-                            "linux.resources.memory.limit: expected integer"),
+    "memory-limit-string": (
+        lambda c: c["linux"]["resources"].update(memory={"limit": "1G"}),
+        "linux.resources.memory.limit: expected integer",
+    ),
     "no-process-args": (lambda c: c["process"].update(args=[]), "process.args: must name the program"),
     "relative-cwd": (lambda c: c["process"].update(cwd="tmp"), "process.cwd: must be an absolute path"),
     "bad-version": (lambda c: c.update(ociVersion="9.9.9"), "ociVersion: unsupported version"),
     "missing-rootfs": (lambda c: c["root"].update(path="/nonexistent/rootfs"), "root.path: /nonexistent/rootfs"),
-    "bad-namespace-path": (lambda c: c["linux"]["namespaces"].append({"type": "ipc", "path": "/nonexistent/ns"}),
-                           "linux.namespaces"),
+    "bad-namespace-path": (
+        lambda c: c["linux"]["namespaces"].append({"type": "ipc", "path": "/nonexistent/ns"}),
+        "linux.namespaces",
+    ),
     "no-such-binary": (lambda c: c["process"].update(args=["/no/such/binary"]), '"/no/such/binary"'),
     "not-in-path": (lambda c: c["process"].update(args=["nosuchcmd"]), "executable file not found in $PATH"),
-    "bind-source-missing": (lambda c: c["mounts"].append({"destination": "/mnt", "type": "bind",
-                                                          "source": "/nonexistent/src", "options": ["rbind"]}),
-                            "mount bind on /mnt"),
+    "bind-source-missing": (
+        lambda c: c["mounts"].append(
+            {"destination": "/mnt", "type": "bind", "source": "/nonexistent/src", "options": ["rbind"]}
+        ),
+        "mount bind on /mnt",
+    ),
     "bad-sysctl": (lambda c: c["linux"].update(sysctl={"kernel.no_such_key": "1"}), "set sysctl: kernel.no_such_key"),
-    "failing-prestart-hook": (lambda c: c.update(hooks={"prestart": [{"path": "/bin/false"}]}),
-                              "prestart hook /bin/false: exited with status 1"),
-    "unknown-seccomp-arch": (lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW",
-                                                                  "architectures": ["SCMP_ARCH_VAX"]}),
-                             "linux.seccomp.architectures[0]: unknown architecture"),
+    "failing-prestart-hook": (
+        lambda c: c.update(hooks={"prestart": [{"path": "/bin/false"}]}),
+        "prestart hook /bin/false: exited with status 1",
+    ),
+    "unknown-seccomp-arch": (
+        lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_VAX"]}),
+        "linux.seccomp.architectures[0]: unknown architecture",
+    ),
     "bad-cpuset": (lambda c: c["linux"]["resources"].update(cpu={"cpus": "4096"}), "cpuset.cpus"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.parametrize("case", sorted(BAD_INPUT))
@@ -239,8 +250,10 @@ def test_hooks_run_in_order_with_the_state_on_stdin(bundle, tmp_path):
     log.mkdir()
 
     def hook(name, where="/hooks"):
-        return {"path": "/bin/sh", "args": ["sh", "-c", f"read -r state; echo {name} >> {where}/order; "
-                                                        f"echo \"$state\" > {where}/{name}.json"]}  # fmt: skip
+        return {
+            "path": "/bin/sh",
+            "args": ["sh", "-c", f'read -r state; echo {name} >> {where}/order; echo "$state" > {where}/{name}.json'],
+        }
 
     c = bundle.config
     c["mounts"].append({"destination": "/hooks", "type": "bind", "source": str(log), "options": ["rbind"]})
@@ -254,9 +267,15 @@ def test_hooks_run_in_order_with_the_state_on_stdin(bundle, tmp_path):
     }
     assert run(bundle, "echo run >> /hooks/order").returncode == 0
     order = (log / "order").read_text().split()
-    assert order == ["prestart", "createRuntime", "createContainer", "startContainer", "run", "poststart",
-                     "poststop"] or order == ["prestart", "createRuntime", "createContainer", "startContainer",
-                                              "poststart", "run", "poststop"]  # fmt: skip
+    assert order == [
+        "prestart",
+        "createRuntime",
+        "createContainer",
+        "startContainer",
+        "run",
+        "poststart",
+        "poststop",
+    ] or order == ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "run", "poststop"]
     state = json.loads((log / "prestart.json").read_text())
     assert state["id"] == bundle.id and state["pid"] > 0 and state["bundle"] == str(bundle.path)
 
@@ -271,9 +290,7 @@ def test_features_and_version():
 def test_run_forwards_sigterm(bundle):
     bundle.config["process"]["args"] = ["sh", "-c", "trap 'exit 143' TERM; while :; do sleep 0.1; done"]
     bundle.write()
-    runner = subprocess.Popen(
-        [PYOCI, "--root", str(bundle.root), "run", "--bundle", str(bundle.path), bundle.id]
-    )
+    runner = subprocess.Popen([PYOCI, "--root", str(bundle.root), "run", "--bundle", str(bundle.path), bundle.id])
     try:
         time.sleep(0.8)
         runner.send_signal(signal.SIGTERM)

@@ -36,9 +36,7 @@ async def test_forward_task_oom_reaches_containerd_subscribers(containerd, grpc_
         await asyncio.sleep(0.3)  # let the subscription register before publishing
         async with await Client.connect(containerd.ttrpc_address) as client:
             await client.stub(FORWARD).Forward(
-                envelope(
-                    grpc_client.namespace, "/tasks/oom", containerd_events_pb2.TaskOOM(container_id="oom-c1")
-                ),
+                envelope(grpc_client.namespace, "/tasks/oom", containerd_events_pb2.TaskOOM(container_id="oom-c1")),
                 timeout=5,
                 metadata={"containerd-namespace-ttrpc": grpc_client.namespace},
             )

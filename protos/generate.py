@@ -74,9 +74,7 @@ def main() -> int:
         stale = sorted(
             name
             for name in fresh.keys() | committed.keys()
-            if name not in fresh
-            or name not in committed
-            or not filecmp.cmp(fresh[name], committed[name], False)
+            if name not in fresh or name not in committed or not filecmp.cmp(fresh[name], committed[name], False)
         )
     for name in stale:
         print(f"stale: protos/{name}", file=sys.stderr)

@@ -71,9 +71,7 @@ class Container:
     # ---------------------------------------------------------------------------------------- create
 
     @classmethod
-    def create(
-        cls, store: Store, container_id: str, bundle: str, options: CreateOptions | None = None
-    ) -> Container:
+    def create(cls, store: Store, container_id: str, bundle: str, options: CreateOptions | None = None) -> Container:
         options = options or CreateOptions()
         validate_id(container_id)
         bundle = os.path.abspath(bundle)
@@ -147,9 +145,7 @@ class Container:
             try:
                 fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
             except OSError as exc:
-                raise ConfigError(
-                    f"linux.namespaces[{i}].path", f"cannot open {ns.path}: {exc.strerror}"
-                ) from None
+                raise ConfigError(f"linux.namespaces[{i}].path", f"cannot open {ns.path}: {exc.strerror}") from None
             join_fds.append(fd)
             join.append((flag, fd))
         join.sort(key=lambda item: item[0] != k.CLONE_NEWUSER)  # the user namespace is joined first

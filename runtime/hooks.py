@@ -41,6 +41,4 @@ def run_hook(kind: str, hook: Hook, payload: bytes) -> None:
     if result.returncode != 0:
         detail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
         how = f"status {result.returncode}" if result.returncode > 0 else f"signal {-result.returncode}"
-        raise HookError(
-            f"{kind} hook {hook.path}: exited with {how}" + (f": {detail[0]}" if detail[0] else "")
-        )
+        raise HookError(f"{kind} hook {hook.path}: exited with {how}" + (f": {detail[0]}" if detail[0] else ""))

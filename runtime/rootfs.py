@@ -198,9 +198,7 @@ def mount_entry(rootfs: str, m: Mount, *, cgroup_paths: dict[str, str], cgroupns
                 if m.type == "sysfs" and exc.errno == errno.EPERM and not netns:
                     # sysfs can only be mounted in a new network namespace: bind the host's instead.
                     k.mount("/sys", target, "bind", k.MS_BIND | k.MS_REC)
-                    k.mount(
-                        None, target, None, k.MS_BIND | k.MS_REMOUNT | k.MS_REC | (opts.flags & ~k.MS_REC)
-                    )
+                    k.mount(None, target, None, k.MS_BIND | k.MS_REMOUNT | k.MS_REC | (opts.flags & ~k.MS_REC))
                 else:
                     raise
         for flag in opts.propagation:
@@ -271,9 +269,7 @@ def create_devices(rootfs: str, devices: tuple[Device, ...], in_userns: bool) ->
 
 def setup_dev_links(rootfs: str) -> None:
     dev = resolve_in_root(rootfs, "/dev")
-    for source, link in DEV_SYMLINKS + (
-        (("/proc/kcore", "/dev/core"),) if os.path.exists("/proc/kcore") else ()
-    ):
+    for source, link in DEV_SYMLINKS + ((("/proc/kcore", "/dev/core"),) if os.path.exists("/proc/kcore") else ()):
         path = os.path.join(dev, os.path.basename(link))
         if os.path.lexists(path):
             continue

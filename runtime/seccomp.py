@@ -59,9 +59,7 @@ def _lib() -> ctypes.CDLL:
     try:
         lib = ctypes.CDLL(name, use_errno=True)
     except OSError as exc:
-        raise Unsupported(
-            f"linux.seccomp: libseccomp is not available ({exc}); install libseccomp2"
-        ) from None
+        raise Unsupported(f"linux.seccomp: libseccomp is not available ({exc}); install libseccomp2") from None
     lib.seccomp_init.restype = ctypes.c_void_p
     lib.seccomp_init.argtypes = [ctypes.c_uint32]
     lib.seccomp_release.argtypes = [ctypes.c_void_p]
@@ -111,9 +109,7 @@ def compile_filter(profile: Seccomp) -> tuple[bytes, int]:
                 raise ConfigError(f"linux.seccomp.architectures[{i}]", f"unknown architecture {arch!r}")
             rc = lib.seccomp_arch_add(ctx, token)
             if rc < 0 and -rc != errno.EEXIST:
-                raise ConfigError(
-                    f"linux.seccomp.architectures[{i}]", f"cannot add {arch}: {os.strerror(-rc)}"
-                )
+                raise ConfigError(f"linux.seccomp.architectures[{i}]", f"cannot add {arch}: {os.strerror(-rc)}")
         for i, rule in enumerate(profile.syscalls):
             where = f"linux.seccomp.syscalls[{i}]"
             action = _action(rule.action, rule.errno_ret, where + ".action")
@@ -130,16 +126,12 @@ def compile_filter(profile: Seccomp) -> tuple[bytes, int]:
                     )
                     rc = lib.seccomp_rule_add_array(ctx, action, nr, len(group), cmps)
                     if rc < 0:
-                        raise ConfigError(
-                            where, f"libseccomp refused the rule for {name}: {os.strerror(-rc)}"
-                        )
+                        raise ConfigError(where, f"libseccomp refused the rule for {name}: {os.strerror(-rc)}")
         fd = os.memfd_create("pyoci-seccomp", os.MFD_CLOEXEC)
         try:
             rc = lib.seccomp_export_bpf(ctx, fd)
             if rc < 0:
-                raise ConfigError(
-                    "linux.seccomp", f"libseccomp could not export the filter: {os.strerror(-rc)}"
-                )
+                raise ConfigError("linux.seccomp", f"libseccomp could not export the filter: {os.strerror(-rc)}")
             size = os.lseek(fd, 0, os.SEEK_END)
             program = os.pread(fd, size, 0)
         finally:

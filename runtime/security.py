@@ -76,9 +76,7 @@ def apply_rlimits(limits: tuple[tuple[int, int, int], ...]) -> None:
             resource.setrlimit(number, (soft, hard))
         except (OSError, ValueError) as exc:
             err = getattr(exc, "errno", None) or errno.EPERM
-            name = next(
-                (n for n in dir(resource) if n.startswith("RLIMIT_") and getattr(resource, n) == number), ""
-            )
+            name = next((n for n in dir(resource) if n.startswith("RLIMIT_") and getattr(resource, n) == number), "")
             raise SetupError("set rlimit", err, f"{name} soft={soft} hard={hard}") from None
 
 

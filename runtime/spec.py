@@ -364,18 +364,14 @@ class _Reader:
         items = self.list(key)
         for i, item in enumerate(items):
             if not isinstance(item, str):
-                raise ConfigError(
-                    f"{self.at(key)}[{i}]", f"expected string, got {_show(item)}", source=self.source
-                )
+                raise ConfigError(f"{self.at(key)}[{i}]", f"expected string, got {_show(item)}", source=self.source)
         return tuple(items)
 
     def str_map(self, key: str) -> tuple[tuple[str, str], ...]:
         value = self._typed(key, dict, "object", False) or {}
         for k, v in value.items():
             if not isinstance(v, str):
-                raise ConfigError(
-                    f"{self.at(key)}.{k}", f"expected string, got {_show(v)}", source=self.source
-                )
+                raise ConfigError(f"{self.at(key)}.{k}", f"expected string, got {_show(v)}", source=self.source)
         return tuple(value.items())
 
 
@@ -515,9 +511,7 @@ def parse_process_reader(r: _Reader) -> Process:
         cwd=cwd,
         env=r.strs("env"),
         terminal=r.bool("terminal"),
-        console_size=(console.int("height", 0, _U32, True), console.int("width", 0, _U32, True))
-        if console
-        else None,
+        console_size=(console.int("height", 0, _U32, True), console.int("width", 0, _U32, True)) if console else None,
         user=user,
         capabilities=caps,
         rlimits=tuple(rlimits),
@@ -602,9 +596,7 @@ def _linux(r: _Reader) -> Linux:
             if clock not in ("monotonic", "boottime"):
                 time_r.fail(clock, "only monotonic and boottime clocks can be offset")
             o = _Reader(value, time_r.at(clock), r.source)
-            offsets.append(
-                (clock, o.int("secs", -_I64 - 1, _I64) or 0, o.int("nanosecs", 0, 999_999_999) or 0)
-            )
+            offsets.append((clock, o.int("secs", -_I64 - 1, _I64) or 0, o.int("nanosecs", 0, 999_999_999) or 0))
     devices = []
     for d in r.objs("devices"):
         kind = d.str("type", required=True)
@@ -656,9 +648,7 @@ def _resources(r: _Reader) -> Resources:
         access = d.str("access", "rwm") or "rwm"
         if not set(access) <= set("rwm"):
             d.fail("access", f"must be made of r, w and m, got {access!r}")
-        rules.append(
-            DeviceRule(d.bool("allow"), kind, d.int("major", -1, _I64), d.int("minor", -1, _I64), access)
-        )
+        rules.append(DeviceRule(d.bool("allow"), kind, d.int("major", -1, _I64), d.int("minor", -1, _I64), access))
     memory = cpu = block_io = None
     m = r.obj("memory")
     if m:
@@ -726,8 +716,7 @@ def _resources(r: _Reader) -> Resources:
             },
         )
     hugepages = tuple(
-        HugepageLimit(h.str("pageSize", required=True), h.int("limit", 0, _U64, True))
-        for h in r.objs("hugepageLimits")
+        HugepageLimit(h.str("pageSize", required=True), h.int("limit", 0, _U64, True)) for h in r.objs("hugepageLimits")
     )
     return Resources(
         devices=tuple(rules),

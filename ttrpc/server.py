@@ -154,11 +154,7 @@ class Server:
             return _status_response(Code.INVALID_ARGUMENT, f"undecodable request: {exc}")
         method = self._methods.get((request.service, request.method))
         if method is None or method.handler is None:
-            what = (
-                f"method {request.method}"
-                if request.service in self._services
-                else f"service {request.service}"
-            )
+            what = f"method {request.method}" if request.service in self._services else f"service {request.service}"
             return _status_response(Code.UNIMPLEMENTED, what)
         message = method.input()
         try:
@@ -177,15 +173,11 @@ class Server:
         except TtrpcError as exc:
             return _status_response(exc.code, exc.message)
         except TimeoutError:
-            return _status_response(
-                Code.DEADLINE_EXCEEDED, f"{request.service}/{request.method}: deadline exceeded"
-            )
+            return _status_response(Code.DEADLINE_EXCEEDED, f"{request.service}/{request.method}: deadline exceeded")
         except Exception as exc:
             log.exception("ttrpc: %s/%s failed", request.service, request.method)
             return _status_response(Code.UNKNOWN, f"{type(exc).__name__}: {exc}")
-        return ttrpc_request_pb2.Response(
-            status=google_rpc_status_pb2.Status(), payload=result.SerializeToString()
-        )
+        return ttrpc_request_pb2.Response(status=google_rpc_status_pb2.Status(), payload=result.SerializeToString())
 
 
 def _status_response(code: Code, message: str) -> ttrpc_request_pb2.Response:

@@ -33,9 +33,7 @@ class Bundle:
         (self.path / "config.json").write_text(json.dumps(self.config))
         return self
 
-    def pyoci(
-        self, *args: str, timeout: float = 30, check: bool = False, **kw
-    ) -> subprocess.CompletedProcess:
+    def pyoci(self, *args: str, timeout: float = 30, check: bool = False, **kw) -> subprocess.CompletedProcess:
         # Files, not pipes: a created or detached container inherits the runtime's stdio (as with runc),
         # and a pipe would keep us waiting for EOF until the container exits.
         with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:

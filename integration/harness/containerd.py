@@ -82,9 +82,7 @@ class Containerd:
     def start(self, timeout: float = 20.0) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         config = self.base / "config.toml"
-        config.write_text(
-            CONFIG.format(root=self.root, state=self.state, address=self.address, level=self.level)
-        )
+        config.write_text(CONFIG.format(root=self.root, state=self.state, address=self.address, level=self.level))
         log = open(self.log_path, "ab")  # handed to the child, closed below
         try:
             self.process = subprocess.Popen(

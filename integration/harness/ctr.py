@@ -32,9 +32,7 @@ class Ctr:
             stdin=None if input is not None else subprocess.DEVNULL,
         )
         if check and result.returncode != 0:
-            raise CtrError(
-                f"ctr {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}"
-            )
+            raise CtrError(f"ctr {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
         return result
 
     def popen(self, *args: str, **kwargs) -> subprocess.Popen[str]:

@@ -38,9 +38,7 @@ class ContainerdClient:
         """Yield event envelopes (``containerd.services.events.v1.Envelope``) until cancelled."""
         method = self._method(EVENTS, "Subscribe", UnaryStreamMethod)
         async with method.open(metadata=self.metadata()) as stream:
-            await stream.send_message(
-                containerd_services_pb2.SubscribeRequest(filters=list(filters)), end=True
-            )
+            await stream.send_message(containerd_services_pb2.SubscribeRequest(filters=list(filters)), end=True)
             async for envelope in stream:
                 yield envelope
 

@@ -54,9 +54,7 @@ def remove_dir(path: str, attempts: int = 50) -> None:
             if exc.errno != errno.EBUSY:
                 raise CgroupError(f"cgroup: remove {path}: {exc.strerror}") from None
             time.sleep(0.01)
-    raise CgroupError(
-        f"cgroup: remove {path}: still busy (processes left: {read_pids(path + '/cgroup.procs')})"
-    )
+    raise CgroupError(f"cgroup: remove {path}: still busy (processes left: {read_pids(path + '/cgroup.procs')})")
 
 
 class Manager(ABC):

@@ -63,6 +63,5 @@ def detect_layout() -> Layout:
 
 
 _V1_SUBSYSTEMS = frozenset(
-    "cpu cpuacct cpuset memory devices freezer blkio pids hugetlb "
-    "net_cls net_prio perf_event rdma misc".split()
+    "cpu cpuacct cpuset memory devices freezer blkio pids hugetlb net_cls net_prio perf_event rdma misc".split()
 )

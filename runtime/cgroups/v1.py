@@ -112,9 +112,7 @@ class V1Manager(Manager):
                 self._devices(())
             return warnings
         if resources.unified:
-            raise CgroupError(
-                "linux.resources.unified: needs a cgroup v2 host (this host's controllers are v1)"
-            )
+            raise CgroupError("linux.resources.unified: needs a cgroup v2 host (this host's controllers are v1)")
         if resources.memory:
             warnings += self._memory(resources.memory)
         if resources.cpu:
@@ -140,9 +138,7 @@ class V1Manager(Manager):
             self._blkio(resources.block_io)
         for hp in resources.hugepage_limits:
             if "hugetlb" in self._paths:
-                self._set(
-                    "hugetlb", f"hugetlb.{hp.page_size}.limit_in_bytes", str(hp.limit), "hugepageLimits"
-                )
+                self._set("hugetlb", f"hugetlb.{hp.page_size}.limit_in_bytes", str(hp.limit), "hugepageLimits")
             elif self._unified:
                 self._unified.set_hugetlb(hp.page_size, hp.limit)
             else:
@@ -232,9 +228,7 @@ class V1Manager(Manager):
             major = "*" if rule.major is None or rule.major < 0 else str(rule.major)
             minor = "*" if rule.minor is None or rule.minor < 0 else str(rule.minor)
             line = "a" if rule.type == "a" else f"{rule.type} {major}:{minor} {rule.access}"
-            self._set(
-                "devices", "devices.allow" if rule.allow else "devices.deny", line, "linux.resources.devices"
-            )
+            self._set("devices", "devices.allow" if rule.allow else "devices.deny", line, "linux.resources.devices")
         for line in DEFAULT_ALLOWED_DEVICES:
             self._set("devices", "devices.allow", line, "linux.resources.devices")
 

@@ -109,9 +109,7 @@ class V2Manager(Manager):
             if m.limit is not None:
                 self._set("memory.max", "max" if m.limit == -1 else str(m.limit), f + ".limit")
             if m.reservation is not None:
-                self._set(
-                    "memory.low", "max" if m.reservation == -1 else str(m.reservation), f + ".reservation"
-                )
+                self._set("memory.low", "max" if m.reservation == -1 else str(m.reservation), f + ".reservation")
             if m.swap is not None:
                 if m.swap == -1:
                     swap = "max"
@@ -174,9 +172,7 @@ class V2Manager(Manager):
                 raise CgroupError(f"linux.resources.unified.{key}: not a cgroup file name")
             self._set(key, value, f"linux.resources.unified.{key}")
         if resources.devices and not update:
-            warnings.append(
-                "linux.resources.devices: device rules are not enforced on cgroup v2 yet (no eBPF program)"
-            )
+            warnings.append("linux.resources.devices: device rules are not enforced on cgroup v2 yet (no eBPF program)")
         return warnings
 
 

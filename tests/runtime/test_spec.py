@@ -32,9 +32,7 @@ def test_default_spec_parses_into_typed_objects():
 
 
 def test_unknown_fields_are_tolerated():
-    c = config(
-        futureField={"x": 1}, process__futureKnob=True, linux__resources__memory={"limit": 5, "newThing": 1}
-    )
+    c = config(futureField={"x": 1}, process__futureKnob=True, linux__resources__memory={"limit": 5, "newThing": 1})
     assert parse_spec(c).linux.resources.memory.limit == 5
 
 

@@ -84,9 +84,7 @@ def test_arbitrary_bytes_give_frames_or_a_protocol_error(chunks):
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    st.lists(st.tuples(st.integers(1, 2**32 - 1), st.sampled_from(list(FrameType)), st.binary(max_size=2000)))
-)
+@given(st.lists(st.tuples(st.integers(1, 2**32 - 1), st.sampled_from(list(FrameType)), st.binary(max_size=2000))))
 def test_any_valid_frame_sequence_round_trips(specs):
     frames = [Frame(sid, ftype, payload) for sid, ftype, payload in specs]
     wire = b"".join(encode_frame(f) for f in frames)
