@@ -1,19 +1,87 @@
-"""Entry point of ``containerd-shim-pyoci-v2``."""
+"""Entry point of ``containerd-shim-pyoci-v2``: Go-style flags, then ``start``, ``delete``, ``-v`` or ``-info``.
+
+This module is on every shim invocation's path, so it imports almost nothing; each action imports
+what it needs. Unknown flags are accepted and ignored (containerd versions add flags over time).
+"""
 
 from __future__ import annotations
 
+import os
 import sys
+from dataclasses import dataclass, field
 
-from pyoci.runtime import __version__
+RUNTIME_TYPE = "io.containerd.pyoci.v2"
+_VALUE_FLAGS = {"namespace", "address", "publish-binary", "id", "bundle", "socket"}
+_BOOL_FLAGS = {"debug", "v", "info"}
+
+
+@dataclass
+class Flags:
+    namespace: str = ""
+    address: str = ""
+    publish_binary: str = ""
+    id: str = ""
+    bundle: str = ""
+    socket: str = ""
+    debug: bool = False
+    v: bool = False
+    info: bool = False
+    action: str = ""
+    ignored: list[str] = field(default_factory=list)
+
+    @property
+    def ttrpc_address(self) -> str:
+        return os.environ.get("TTRPC_ADDRESS") or (self.address + ".ttrpc" if self.address else "")
+
+
+def parse_flags(argv: list[str]) -> Flags:
+    flags = Flags()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if not arg.startswith("-") or arg in ("-", "--"):
+            if not flags.action:
+                flags.action = arg
+            continue
+        name, eq, value = arg.lstrip("-").partition("=")
+        if name in _VALUE_FLAGS:
+            if not eq:
+                value = argv[i] if i < len(argv) else ""
+                i += 1
+            setattr(flags, name.replace("-", "_"), value)
+        elif name in _BOOL_FLAGS:
+            setattr(flags, name, value.lower() not in ("false", "0") if eq else True)
+        else:
+            flags.ignored.append(arg)
+    if not flags.namespace:
+        flags.namespace = os.environ.get("NAMESPACE", "")
+    if not flags.address:
+        flags.address = os.environ.get("GRPC_ADDRESS", "")
+    return flags
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if "-v" in args or "--v" in args:
-        print(f"containerd-shim-pyoci-v2:\n  Version:  {__version__}")
+    flags = parse_flags(sys.argv[1:] if argv is None else argv)
+    if flags.v:
+        from pyoci.runtime import __version__
+
+        print(f"containerd-shim-pyoci-v2:\n  Runtime: {RUNTIME_TYPE}\n  Version: {__version__}")
         return 0
-    print("containerd-shim-pyoci-v2: not implemented yet", file=sys.stderr)
-    return 1
+    if flags.info:
+        from .info import write_info
+
+        return write_info()
+    if flags.action == "start":
+        from .start import start
+
+        return start(flags)
+    if flags.action == "delete":
+        from .delete import delete
+
+        return delete(flags)
+    print(f"containerd-shim-pyoci-v2: unknown action {flags.action!r} (start, delete, -v, -info)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":
