@@ -16,7 +16,7 @@ import socket
 import sys
 import time
 
-STATE_ROOT = "/run/containerd/pyoci"
+from .delete import STATE_ROOT
 
 
 class _LogfmtFormatter(logging.Formatter):

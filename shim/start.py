@@ -1,18 +1,26 @@
-"""``containerd-shim-pyoci-v2 start``: make (or find) the shim's socket, fork the daemon, print the address.
+"""``containerd-shim-pyoci-v2 start``: make (or find) the shim's socket, have the daemon forked, print the address.
 
-Kept lean (json, hashlib, socket, os): containerd runs it synchronously for every container. The daemon
-is this same process forked, not a second interpreter: it detaches (new session, stdio to /dev/null so
-that containerd's read of our output ends when we exit), then imports the server.
+Kept lean: containerd runs it synchronously for every container, so its imports are latency. It uses
+the interpreter's builtin C modules (``_socket``, ``_sha256``, ``marshal``) rather than ``socket``,
+``hashlib`` and ``json`` (19 ms, mostly ``enum`` and ``re``), and parses config.json only when it names
+a group. The daemon is forked from this process or from the template (``zygote.py``), never a second
+interpreter start: it detaches (new session, stdio to /dev/null, so that containerd's read of our
+output ends when we exit), then imports the server.
 """
 
 from __future__ import annotations
 
+import _socket
+import array
 import errno
-import hashlib
-import json
+import marshal
 import os
-import socket
 import sys
+
+try:
+    from _sha256 import sha256  # CPython <= 3.11
+except ImportError:  # pragma: no cover - CPython 3.12+
+    from _sha2 import sha256
 
 SOCKET_DIR = "/run/containerd/s"
 GROUP_ANNOTATIONS = ("io.containerd.pyoci.v2.group", "io.containerd.runc.v2.group", "io.kubernetes.cri.sandbox-id")
@@ -22,9 +30,17 @@ def group_id(bundle: str, container_id: str) -> str:
     """The shim grouping key: a group/sandbox annotation (one shim per pod), else the container id."""
     try:
         with open(os.path.join(bundle, "config.json"), "rb") as f:
-            annotations = json.load(f).get("annotations") or {}
-    except (OSError, ValueError):
-        annotations = {}
+            raw = f.read()
+    except OSError:
+        return container_id
+    if not any(key.encode() in raw for key in GROUP_ANNOTATIONS):
+        return container_id  # the common case: no JSON parsing needed
+    import json
+
+    try:
+        annotations = json.loads(raw).get("annotations") or {}
+    except (ValueError, AttributeError):
+        return container_id
     for key in GROUP_ANNOTATIONS:
         value = annotations.get(key)
         if isinstance(value, str) and value:
@@ -33,22 +49,26 @@ def group_id(bundle: str, container_id: str) -> str:
 
 
 def socket_address(grpc_address: str, namespace: str, group: str) -> str:
-    digest = hashlib.sha256(os.path.join(grpc_address, namespace, group).encode()).hexdigest()
+    digest = sha256(os.path.join(grpc_address, namespace, group).encode()).hexdigest()
     return f"unix://{SOCKET_DIR}/{digest}"
 
 
-def _listen(path: str) -> socket.socket | None:
+def _unix(kind: int = _socket.SOCK_STREAM) -> _socket.socket:
+    return _socket.socket(_socket.AF_UNIX, kind | _socket.SOCK_CLOEXEC)
+
+
+def _listen(path: str) -> _socket.socket | None:
     """A listening socket at ``path``, or None if a live shim already serves it."""
     os.makedirs(os.path.dirname(path), mode=0o711, exist_ok=True)
     for _ in range(2):
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _unix()
         try:
             sock.bind(path)
         except OSError as exc:
             sock.close()
             if exc.errno != errno.EADDRINUSE:
                 raise
-            probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            probe = _unix()
             try:
                 probe.connect(path)
                 return None  # a live shim for this group: join it
@@ -88,9 +108,12 @@ def start(flags) -> int:
         sys.stdout.write(address)
         return 0
     sys.stdout.flush()
-    pid = os.fork()
-    if pid == 0:
-        _daemon(flags, bundle, listener, options)  # never returns
+    pid = _ask_template(flags, bundle, listener, options)
+    if pid is None:
+        pid = os.fork()
+        if pid == 0:
+            run_daemon(flags, bundle, listener, options)  # never returns
+        _spawn_template(flags)
     listener.close()
     try:
         _write_atomic(os.path.join(bundle, "address"), address)
@@ -116,7 +139,64 @@ def _raise_oom_score(pid: int) -> None:
         pass
 
 
-def _daemon(flags, bundle: str, listener: socket.socket, options: bytes) -> None:
+def zygote_path(grpc_address: str) -> str:
+    digest = sha256(os.path.join(grpc_address, "pyoci-zygote").encode()).hexdigest()
+    return f"{SOCKET_DIR}/{digest}"
+
+
+_PASSED_ENV = ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE")
+
+
+def _ask_template(flags, bundle: str, listener: _socket.socket, options: bytes) -> int | None:
+    """Have the template (``zygote.py``) fork the daemon: a pre-imported child. None if there is none.
+    The request is a ``marshal``ed dict (both ends are this interpreter) with the listener attached."""
+    conn = _unix(_socket.SOCK_SEQPACKET)
+    conn.settimeout(5)
+    try:
+        conn.connect(zygote_path(flags.address))
+        request = {
+            "flags": {
+                "namespace": flags.namespace,
+                "address": flags.address,
+                "id": flags.id,
+                "bundle": bundle,
+                "publish_binary": flags.publish_binary,
+                "debug": flags.debug,
+            },
+            "bundle": bundle,
+            "options": options,
+            "env": {k: os.environ[k] for k in _PASSED_ENV if k in os.environ},
+        }
+        fds = array.array("i", [listener.fileno()])
+        conn.sendmsg([marshal.dumps(request)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
+        reply = marshal.loads(conn.recv(4096) or marshal.dumps({}))
+        return int(reply["pid"]) if "pid" in reply else None
+    except (OSError, ValueError, KeyError, EOFError, TypeError):
+        return None
+    finally:
+        conn.close()
+
+
+def _spawn_template(flags) -> None:
+    """Start a template for the next containers, detached (it must not hold containerd's pipes)."""
+    if not flags.address:
+        return
+    pid = os.fork()
+    if pid != 0:
+        return
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        os.chdir("/")
+        if os.fork() == 0:  # not our child: start must not wait for it, nor leave it a zombie
+            os.execv(sys.executable, [sys.executable, sys.argv[0], "-address", flags.address, "zygote"])
+    finally:
+        os._exit(0)
+
+
+def run_daemon(flags, bundle: str, listener, options: bytes) -> None:
     code = 1
     try:
         os.setsid()
@@ -132,8 +212,12 @@ def _daemon(flags, bundle: str, listener: socket.socket, options: bytes) -> None
             os.dup2(null, 2)
         os.close(null)
         os.chdir("/")
+        import socket
+
         from .daemon import run
 
+        if not isinstance(listener, socket.socket):
+            listener = socket.socket(fileno=listener.detach())
         code = run(flags, listener, options)
     except BaseException:
         import traceback

@@ -133,8 +133,15 @@ class Containerd:
         self.start(timeout)
 
     def shim_pids(self) -> list[int]:
-        """Shims started by this containerd (their argv names our gRPC address)."""
-        return [pid for pid, argv in _processes() if "-address" in argv and self.address in argv]
+        """Shims started by this containerd (their argv names our gRPC address); not the pyoci template."""
+        return [pid for pid, argv in _processes() if self._ours(argv) and argv[-1] != "zygote"]
+
+    def template_pids(self) -> list[int]:
+        """pyoci's shim template (fork server) for this containerd: expected to outlive containers a while."""
+        return [pid for pid, argv in _processes() if self._ours(argv) and argv[-1] == "zygote"]
+
+    def _ours(self, argv: list[str]) -> bool:
+        return "-address" in argv and self.address in argv
 
     def stop(self) -> list[str]:
         """Stop everything and clean up; returns a description of leftovers that had to be removed."""
@@ -142,6 +149,9 @@ class Containerd:
         leftovers = []
         for pid in self.shim_pids():
             leftovers.append(f"shim pid {pid}: {' '.join(dict(_processes()).get(pid, []))}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        for pid in self.template_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
         for mount in sorted(mounts_under(self.base), reverse=True):
