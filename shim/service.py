@@ -70,6 +70,7 @@ class TaskService:
 
     async def Create(self, req: task_pb2.CreateTaskRequest, ctx) -> task_pb2.CreateTaskResponse:
         cid = req.id
+        log.debug("create %s: bundle %s, %d rootfs mounts", cid, req.bundle, len(req.rootfs))
         if cid in self.tasks:
             raise TtrpcError(Code.ALREADY_EXISTS, f"container {cid}: already exists")
         if req.checkpoint:
@@ -108,6 +109,7 @@ class TaskService:
                 io=events.TaskIO(stdin=req.stdin, stdout=req.stdout, stderr=req.stderr, terminal=req.terminal),
             ),
         )
+        log.debug("create %s: pid %d", cid, init.pid)
         return task_pb2.CreateTaskResponse(pid=init.pid)
 
     async def Start(self, req: task_pb2.StartRequest, ctx) -> task_pb2.StartResponse:

@@ -191,7 +191,8 @@ def _spawn_template(flags) -> None:
             os.dup2(null, fd)
         os.chdir("/")
         if os.fork() == 0:  # not our child: start must not wait for it, nor leave it a zombie
-            os.execv(sys.executable, [sys.executable, sys.argv[0], "-address", flags.address, "zygote"])
+            padding = " " * 512  # room for the shims it forks to rewrite their argv (zygote.set_process_title)
+            os.execv(sys.executable, [sys.executable, sys.argv[0], "-address", flags.address, "zygote", padding])
     finally:
         os._exit(0)
 

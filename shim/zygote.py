@@ -8,7 +8,8 @@ which is most of a Python shim's memory.
 
 The template is a plain blocking loop (no event loop, no threads, nothing locked when it forks). It
 reaps its children and exits after ``IDLE_EXIT`` seconds with no child and no request; ``start`` spawns a
-new one when it finds none. Its argv is ``containerd-shim-pyoci-v2 -address <containerd> zygote``.
+new one when it finds none. Its argv is ``containerd-shim-pyoci-v2 -address <containerd> zygote <padding>``;
+each shim it forks rewrites that to ``containerd-shim-pyoci-v2 -namespace NS -id ID -address ...``.
 """
 
 from __future__ import annotations
@@ -60,9 +61,16 @@ def _preload() -> None:
     """Import everything a shim daemon needs, then freeze the heap so children share it."""
     from pyoci.runtime import cgroups, container, process  # noqa: F401
     from pyoci.runtime.cgroups import v1, v2  # noqa: F401
+    from pyoci.ttrpc.server import Server
 
     from . import daemon, metrics, service  # noqa: F401
 
+    # Warm what every shim builds first (message classes of the Task service, asyncio's loop machinery),
+    # so that it is created once here and shared, rather than once per shim.
+    Server().register(service.TASK_SERVICE, object())
+    import asyncio
+
+    asyncio.new_event_loop().close()
     gc.collect()
     gc.freeze()
 
@@ -132,6 +140,19 @@ def _reply(conn: socket.socket, **msg: object) -> None:
         pass
 
 
+def set_process_title(args: list[str]) -> None:
+    """Rewrite this process's argv in place (what ``ps`` and /proc/PID/cmdline show), as setproctitle does:
+    a shim forked from the template would otherwise show the template's command line. The template was
+    started with a padding argument, so there is room for a shim's usual flags."""
+    import ctypes
+
+    with open("/proc/self/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49 of proc(5))
+    data = b"\0".join(a.encode() for a in args)[: end - start - 1]
+    ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
+
+
 def _child(request: dict, listener: socket.socket) -> None:
     from .main import Flags
     from .start import run_daemon
@@ -140,6 +161,7 @@ def _child(request: dict, listener: socket.socket) -> None:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     os.environ.update(request.get("env", {}))
     flags = Flags(**request["flags"])
+    set_process_title([sys.argv[0], "-namespace", flags.namespace, "-id", flags.id, "-address", flags.address])
     run_daemon(flags, request["bundle"], listener, request.get("options", b""))
 
 

@@ -134,11 +134,11 @@ class Containerd:
 
     def shim_pids(self) -> list[int]:
         """Shims started by this containerd (their argv names our gRPC address); not the pyoci template."""
-        return [pid for pid, argv in _processes() if self._ours(argv) and argv[-1] != "zygote"]
+        return [pid for pid, argv in _processes() if self._ours(argv) and "zygote" not in argv]
 
     def template_pids(self) -> list[int]:
         """pyoci's shim template (fork server) for this containerd: expected to outlive containers a while."""
-        return [pid for pid, argv in _processes() if self._ours(argv) and argv[-1] == "zygote"]
+        return [pid for pid, argv in _processes() if self._ours(argv) and "zygote" in argv]
 
     def _ours(self, argv: list[str]) -> bool:
         return "-address" in argv and self.address in argv
@@ -169,7 +169,7 @@ def _processes() -> list[tuple[int, list[str]]]:
                 argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
             except OSError:
                 continue
-            out.append((int(entry), [a.decode(errors="replace") for a in argv if a]))
+            out.append((int(entry), [a.decode(errors="replace") for a in argv if a.strip()]))
     return out
 
 
