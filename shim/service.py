@@ -30,6 +30,7 @@ from pyoci.ttrpc import Code, TtrpcError
 from . import mounts
 from .errors import not_found, precondition, status
 from .events import Publisher, timestamp
+from .oom import OOMWatcher
 from .reaper import Exit, Reaper
 from .stdio import ProcessIO
 from .task import CREATED, DELETED, PAUSED, RUNNING, STATUS_PB, STOPPED, ExecProcess, InitProcess, ShimProcess
@@ -47,6 +48,7 @@ class TaskService:
         self.tasks: dict[str, InitProcess] = {}
         self._on_shutdown = on_shutdown
         self._background: set[asyncio.Task[None]] = set()
+        self.oom = OOMWatcher(lambda cid: publisher.publish("/tasks/oom", events.TaskOOM(container_id=cid)))
 
     # ----------------------------------------------------------------------------------------- helpers
 
@@ -62,6 +64,7 @@ class TaskService:
         task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
+        self.oom.close()
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
@@ -121,6 +124,7 @@ class TaskService:
                 init.container.start()
             if init.status == CREATED:
                 init.status = RUNNING
+            self.oom.add(req.id, init.container.cgroup)
             self.publisher.publish("/tasks/start", events.TaskStart(container_id=req.id, pid=init.pid))
             return task_pb2.StartResponse(pid=init.pid)
         proc = init.process(req.exec_id)
@@ -182,6 +186,8 @@ class TaskService:
             if pending:
                 await asyncio.gather(*pending)  # execs' exits go out before the init's (containerd#9719)
         await proc.drain_io()
+        if proc is init:
+            self.oom.check(init.container_id)  # an OOM kill is published before the exit it caused
         self.publisher.publish(
             "/tasks/exit",
             events.TaskExit(
@@ -245,6 +251,7 @@ class TaskService:
         if init.status == CREATED:
             init.status = DELETED  # its exit (we kill it now) is not a task exit: no /tasks/exit for it
             init.exit_status, init.exited_at = 128 + signal.SIGKILL, time.time()
+        self.oom.remove(req.id)
         with status(f"delete {req.id}"):
             init.container.delete(force=True)
         init.close_io()
