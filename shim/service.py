@@ -42,6 +42,7 @@ EMPTY = empty_pb2.Empty()
 
 class TaskService:
     def __init__(self, store: Store, reaper: Reaper, publisher: Publisher, on_shutdown) -> None:
+        self.namespace = publisher.namespace
         self.store = store
         self.reaper = reaper
         self.publisher = publisher
@@ -88,7 +89,7 @@ class TaskService:
                 mounts.mount_rootfs(req.rootfs, rootfs)
                 init.rootfs_mounted = bool(req.rootfs)
                 try:
-                    init.io = ProcessIO.open(req.stdin, req.stdout, req.stderr)
+                    init.io = await ProcessIO.open(req.stdin, req.stdout, req.stderr, cid, self.namespace)
                 except (OSError, ValueError) as exc:
                     raise ConfigError("stdio", str(exc), source="CreateTaskRequest") from None
                 container = Container.create(self.store, cid, req.bundle, CreateOptions(stdio=init.io.child_fds))
@@ -133,7 +134,7 @@ class TaskService:
         init.require_exec_allowed()
         with status(f"start {proc.name}"):
             try:
-                proc.io = ProcessIO.open(proc.stdin, proc.stdout, proc.stderr)
+                proc.io = await ProcessIO.open(proc.stdin, proc.stdout, proc.stderr, req.id, self.namespace)
             except (OSError, ValueError) as exc:
                 raise ConfigError("stdio", str(exc), source="ExecProcessRequest") from None
             try:

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -81,6 +82,73 @@ def _pipe() -> tuple[int, int]:
     return r, w
 
 
+LOGGER_READY_TIMEOUT = 10.0
+LOGGER_STOP_TIMEOUT = 5.0
+
+
+@dataclass
+class Logger:
+    """A ``binary://`` logging process: it reads the container's stdout/stderr on fds 3 and 4."""
+
+    pid: int
+
+    def stop(self) -> None:
+        """SIGTERM now, SIGKILL if it is still there after a while (containerd's runc shim does the same)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGTERM)
+            asyncio.get_running_loop().call_later(LOGGER_STOP_TIMEOUT, self._kill)
+
+    def _kill(self) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+
+
+async def start_logger(uri: str, container_id: str, namespace: str) -> tuple[Logger, int, int]:
+    """Spawn the logging binary of a ``binary:///path?k=v`` URI; returns it and the write ends for the
+    process's stdout and stderr, once the logger has closed its ready pipe (fd 5)."""
+    parsed = urllib.parse.urlparse(uri)
+    path = urllib.parse.unquote(parsed.path)
+    args = [path]
+    for key, values in urllib.parse.parse_qs(parsed.query, keep_blank_values=True).items():
+        args.append(key)
+        if values and values[0]:
+            args.append(values[0])
+    out_r, out_w = _pipe()
+    err_r, err_w = _pipe()
+    ready_r, ready_w = _pipe()
+    env = {**os.environ, "CONTAINER_ID": container_id, "CONTAINER_NAMESPACE": namespace}
+    try:
+        pid = os.posix_spawn(
+            path,
+            args,
+            env,
+            setsid=True,
+            file_actions=[
+                (os.POSIX_SPAWN_DUP2, out_r, 3),
+                (os.POSIX_SPAWN_DUP2, err_r, 4),
+                (os.POSIX_SPAWN_DUP2, ready_w, 5),
+            ],
+        )
+    except OSError:
+        _close_all((out_w, err_w))
+        raise
+    finally:
+        _close_all((out_r, err_r, ready_w))
+    logger = Logger(pid)
+    try:
+        os.set_blocking(ready_r, False)
+        async with asyncio.timeout(LOGGER_READY_TIMEOUT):
+            while await read_some(ready_r):
+                pass
+    except TimeoutError:
+        logger.stop()
+        _close_all((out_w, err_w))
+        raise OSError(f"logging binary {path} did not become ready within {LOGGER_READY_TIMEOUT}s") from None
+    finally:
+        os.close(ready_r)
+    return logger, out_w, err_w
+
+
 def open_output(uri: str) -> int | None:
     """An fd to write a process's output to: a FIFO path, or ``file:///path`` (appended)."""
     if not uri:
@@ -105,22 +173,29 @@ class ProcessIO:
     stderr_path: str = ""
     child_fds: tuple[int, int, int] = (-1, -1, -1)
     _stdin_w: int | None = None
+    logger: Logger | None = None
+    _null: int = -1
     _fds: list[int] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _outputs: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    def open(cls, stdin: str, stdout: str, stderr: str) -> ProcessIO:
+    async def open(cls, stdin: str, stdout: str, stderr: str, container_id: str = "", namespace: str = "") -> ProcessIO:
         io = cls(stdin, stdout, stderr)
         try:
-            io._open()
+            if stdout.startswith("binary://"):
+                io.logger, out_w, err_w = await start_logger(stdout, container_id, namespace)
+                io._fds += [out_w, err_w]
+                io._open(logged=(out_w, err_w))
+            else:
+                io._open()
         except BaseException:
             io.close()
             raise
         return io
 
-    def _open(self) -> None:
-        null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+    def _open(self, logged: tuple[int, int] | None = None) -> None:
+        null = self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
         self._fds.append(null)
         child = [null, null, null]
         if self.stdin_path:
@@ -133,6 +208,9 @@ class ProcessIO:
             task = asyncio.create_task(self._copy_stdin(fifo), name="stdin")
             task.add_done_callback(lambda _t, fd=fifo: (_close_all((fd,)), self.close_stdin()))
             self._tasks.append(task)
+        if logged is not None:  # the logging binary reads the pipes itself: nothing for us to copy
+            self.child_fds = (child[0], logged[0], logged[1])
+            return
         same = self.stdout_path and self.stdout_path == self.stderr_path
         for i, path in ((1, self.stdout_path), (2, self.stderr_path)):
             if i == 2 and same:
@@ -161,8 +239,7 @@ class ProcessIO:
 
     def started(self) -> None:
         """The process has its copies of the child ends: drop ours, so EOF follows the process's exit."""
-        null = self._fds[0]
-        for fd in set(self.child_fds) - {null}:
+        for fd in set(self.child_fds) - {self._null}:
             self._fds.remove(fd)
             os.close(fd)
 
@@ -180,7 +257,10 @@ class ProcessIO:
         return len(done) == len(self._outputs)
 
     def close(self) -> None:
-        """Stop copying and close everything (Delete): FIFO readers see EOF."""
+        """Stop copying and close everything (Delete): FIFO readers see EOF, the logging binary is stopped."""
+        if self.logger is not None:
+            self.logger.stop()
+            self.logger = None
         for task in self._tasks + self._outputs:
             task.cancel()
         self.close_stdin()
