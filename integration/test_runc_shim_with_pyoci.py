@@ -41,8 +41,9 @@ def test_exit_status(run):
 def test_detached_exec_ps_pause_resume_kill(ctr, run, container_id):
     run("-d", ["sh", "-c", "sleep 1000 & sleep 1000 & wait"], check=True)
     wait_status(ctr, container_id, "RUNNING")
-    result = ctr("tasks", "exec", "--exec-id", "e1", container_id, "sh", "-c", "echo out; echo err >&2; exit 5",
-                 check=False)  # fmt: skip
+    result = ctr(
+        "tasks", "exec", "--exec-id", "e1", container_id, "sh", "-c", "echo out; echo err >&2; exit 5", check=False
+    )
     assert (result.returncode, result.stdout, result.stderr.strip()) == (5, "out\n", "err")
     pids = [line.split()[0] for line in ctr("tasks", "ps", container_id).stdout.splitlines()[1:]]
     assert len(pids) == 3
@@ -79,3 +80,25 @@ def test_the_runtime_state_is_pyocis(ctr, run, container_id):
     run("-d", ["sleep", "1000"], check=True)
     state = json.loads(Path(f"/run/containerd/runc/{ctr.namespace}/{container_id}/state.json").read_text())
     assert state["id"] == container_id and state["pid_start"] > 0 and state["cgroup_paths"]
+
+
+def test_terminal_through_the_console_socket(ctr, containerd, busybox_image, container_id):
+    # containerd's runc shim passes --console-socket; pyoci hands the pty master over it as runc does
+    from integration.test_terminal import under_a_terminal
+
+    result = under_a_terminal(
+        ctr,
+        containerd,
+        "run",
+        "-t",
+        "--rm",
+        "--runc-binary",
+        PYOCI,
+        busybox_image,
+        container_id,
+        "sh",
+        "-c",
+        "sleep 0.5; tty; stty size",
+    )
+    lines = [line for line in result.stdout.replace("\x00", "").replace("^@", "").splitlines() if line.strip()]
+    assert lines == ["/dev/pts/0", "30 100"], result

@@ -173,27 +173,55 @@ def _load(args):
     return Container.load(_store(args), args.id)
 
 
-def _no_console(args) -> None:
-    from .errors import Unsupported
+def _send_console(path: str, master: int | None) -> None:
+    """Hand a pty master to whoever listens on ``--console-socket`` (runc's protocol: the pty's name as
+    data, the fd as SCM_RIGHTS), then drop our copy."""
+    import socket
 
-    if getattr(args, "console_socket", ""):
-        raise Unsupported("--console-socket: terminals are not supported by pyoci yet")
+    from .errors import PyociError
+
+    if master is None:
+        return
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(path)
+            # the name is a label for the receiver (go-runc names the file with it); the pty is the container's,
+            # which the host cannot name (ttyname fails outside the container's mount namespace)
+            socket.send_fds(sock, [b"/dev/ptmx"], [master])
+    except OSError as exc:
+        raise PyociError(f"--console-socket {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(master)
+
+
+def _check_terminal(terminal: bool, console_socket: str) -> None:
+    from .errors import ConfigError
+
+    if terminal and not console_socket:
+        raise ConfigError("process.terminal", "a terminal needs --console-socket to hand its master to", source="pyoci")
+    if console_socket and not terminal:
+        raise ConfigError("process.terminal", "--console-socket given but the process has no terminal", source="pyoci")
 
 
 def cmd_create(args) -> int:
     from .container import Container, CreateOptions
+    from .spec import load_spec
 
-    _no_console(args)
+    spec = load_spec(args.bundle)
+    _check_terminal(bool(spec.process and spec.process.terminal), args.console_socket)
     options = CreateOptions(no_pivot=args.no_pivot, pid_file=args.pid_file or None)
-    Container.create(_store(args), args.id, args.bundle, options)
+    container = Container.create(_store(args), args.id, args.bundle, options)
+    _send_console(args.console_socket, container.console)
     return 0
 
 
 def cmd_run(args) -> int:
     from . import kernel
     from .container import Container, CreateOptions
+    from .spec import load_spec
 
-    _no_console(args)
+    spec = load_spec(args.bundle)
+    _check_terminal(bool(spec.process and spec.process.terminal), args.console_socket)
     if not args.detach:
         kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
     container = Container.create(
@@ -202,6 +230,7 @@ def cmd_run(args) -> int:
         args.bundle,
         CreateOptions(no_pivot=args.no_pivot, pid_file=args.pid_file or None),
     )
+    _send_console(args.console_socket, container.console)
     container.start()
     if args.detach:
         return 0
@@ -271,7 +300,6 @@ def cmd_exec(args) -> int:
     from .errors import ConfigError
     from .spec import Capabilities, User, parse_process
 
-    _no_console(args)
     container = _load(args)
     if args.process:
         try:
@@ -308,13 +336,11 @@ def cmd_exec(args) -> int:
             )
         if args.no_new_privs:
             process = replace(process, no_new_privileges=True)
-    if process.terminal:
-        from .errors import Unsupported
-
-        raise Unsupported("process.terminal: terminals are not supported by pyoci yet")
+    _check_terminal(process.terminal, args.console_socket)
     if not args.detach:
         kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
-    pid = container.exec(process)
+    pid, console = container.exec(process)
+    _send_console(args.console_socket, console)
     if args.pid_file:
         from .container import _write_pid_file
 

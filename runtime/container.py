@@ -45,6 +45,7 @@ class Container:
         self.state = state
         self._spec: Spec | None = None
         self._cgroup: Manager | None = None
+        self.console: int | None = None  # pty master of a terminal init, for the caller to take
 
     # --------------------------------------------------------------------------------------- loading
 
@@ -122,6 +123,7 @@ class Container:
             for fd in join_fds:
                 os.close(fd)
         self._init_channel = spawned.channel
+        self.console = spawned.console
         self.state.pid = spawned.pid
         self.state.pid_start = process_start_time(spawned.pid)
         self.store.save(self.state)
@@ -166,6 +168,7 @@ class Container:
             seccomp=compile_filter(linux.seccomp) if linux.seccomp else None,
             exec_fifo=fifo_fd,
             no_pivot=options.no_pivot,
+            terminal=spec.process.terminal,
         )
 
     def _runtime_hooks(self, pid: int) -> dict:
@@ -296,8 +299,9 @@ class Container:
     def pids(self) -> list[int]:
         return self.cgroup.pids()
 
-    def exec(self, process: Process, stdio: tuple[int, int, int] | None = None) -> int:
-        """Start ``process`` inside the running container; returns its pid once it has exec'd."""
+    def exec(self, process: Process, stdio: tuple[int, int, int] | None = None) -> tuple[int, int | None]:
+        """Start ``process`` inside the running container; returns its pid once it has exec'd, and the
+        master of its pty when ``process.terminal``."""
         status = self.status()
         if status == PAUSED:
             raise InvalidState(f"container {self.id}: cannot exec in a paused state")
@@ -324,6 +328,7 @@ class Container:
                 rlimits=security.rlimits(process),
                 seccomp=compile_filter(spec.linux.seccomp) if spec.linux.seccomp else None,
                 setsid=True,
+                terminal=process.terminal,
             )
             return proc.spawn_exec(plan, self.cgroup.add)
         finally:

@@ -28,10 +28,13 @@ the process settings and execs; the parent sees EOF on the socket when execve su
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import os
 import signal
 import socket
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -64,22 +67,33 @@ class Plan:
     rlimits: tuple[tuple[int, int, int], ...] = ()
     seccomp: tuple[bytes, int] | None = None
     exec_fifo: int | None = None  # O_PATH fd of exec.fifo (init only)
+    terminal: bool = False  # allocate a pty in the container; its master comes back as Spawned.console
     no_pivot: bool = False
     setsid: bool = True
 
 
 class Channel:
-    """JSON messages over a SEQPACKET unix socket (one message per packet)."""
+    """JSON messages over a SEQPACKET unix socket (one message per packet), optionally carrying one fd
+    (the pty master of a terminal process), which ``recv`` returns as ``msg["fd"]``."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def send(self, **msg: object) -> None:
-        self.sock.send(json.dumps(msg).encode())
+    def send(self, fd: int | None = None, **msg: object) -> None:
+        data = json.dumps(msg).encode()
+        if fd is None:
+            self.sock.send(data)
+        else:
+            socket.send_fds(self.sock, [data], [fd])
 
     def recv(self) -> dict | None:
-        data = self.sock.recv(1 << 16)
-        return json.loads(data) if data else None
+        data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 1)
+        if not data:
+            return None
+        msg = json.loads(data)
+        if fds:
+            msg["fd"] = fds[0]
+        return msg
 
 
 def _pair() -> tuple[Channel, Channel]:
@@ -94,6 +108,7 @@ def _pair() -> tuple[Channel, Channel]:
 class Spawned:
     pid: int
     channel: Channel  # stays open until the process has exec'd (init: until start)
+    console: int | None = None  # pty master of a terminal process (the caller owns it)
 
 
 def spawn_init(
@@ -110,6 +125,7 @@ def spawn_init(
         _child(lambda: _init_a(plan, child))
     child.sock.close()
     pid_b = 0
+    console = None
     try:
         parent.sock.settimeout(SETUP_TIMEOUT)
         _expect(parent, "sync")
@@ -121,17 +137,23 @@ def spawn_init(
         _expect(parent, "hooks")
         state = run_runtime_hooks(pid_b)
         parent.send(t="go", state=state)
-        _expect(parent, "ready")
+        msg = _expect(parent, "console" if plan.terminal else "ready")
+        console = msg.get("fd")
+        if plan.terminal:
+            _expect(parent, "ready")
         parent.sock.settimeout(None)
-        return Spawned(pid_b, parent)
+        return Spawned(pid_b, parent, console)
     except BaseException:
         _abort(pid_a, pid_b)
         parent.sock.close()
+        if console is not None:
+            os.close(console)
         raise
 
 
-def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> int:
-    """Fork a process into a running container; returns its pid once execve succeeded."""
+def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, int | None]:
+    """Fork a process into a running container; returns its pid (and its pty master if it has a terminal)
+    once execve succeeded."""
     parent, child = _pair()
     pid_a = os.fork()
     if pid_a == 0:
@@ -139,6 +161,7 @@ def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> int:
         _child(lambda: _exec_a(plan, child))
     child.sock.close()
     pid_b = 0
+    console = None
     try:
         parent.sock.settimeout(SETUP_TIMEOUT)
         _expect(parent, "sync")
@@ -147,12 +170,16 @@ def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> int:
         pid_b = int(_expect(parent, "pid")["pid"])
         _reap(pid_a)
         pid_a = 0
+        if plan.terminal:
+            console = _expect(parent, "console").get("fd")
         msg = parent.recv()  # EOF: execve closed the socket (CLOEXEC) — success
         if msg is not None:
             _raise_for(msg)
-        return pid_b
+        return pid_b, console
     except BaseException:
         _abort(pid_a, pid_b)
+        if console is not None:
+            os.close(console)
         raise
     finally:
         parent.sock.close()
@@ -430,6 +457,8 @@ def _init_b(plan: Plan, channel: Channel) -> None:
         path = "/proc/sys/" + key.replace(".", "/")
         with _Step("set sysctl", f"{key}={value}"):
             _write(path, value)
+    if plan.terminal:
+        _setup_console(plan, channel)
     _process_setup(plan)
     argv0 = _resolve_executable(plan.process)
     channel.send(t="ready")
@@ -442,12 +471,32 @@ def _init_b(plan: Plan, channel: Channel) -> None:
 
 
 def _exec_b(plan: Plan, channel: Channel) -> None:
-    if plan.setsid:
+    if plan.setsid or plan.terminal:
         with _Step("setsid"):
             os.setsid()
+    if plan.terminal:
+        _setup_console(plan, channel)
     _process_setup(plan)
     argv0 = _resolve_executable(plan.process)
     _execve(plan.process, argv0)
+
+
+def _setup_console(plan: Plan, channel: Channel) -> None:
+    """A pty from the container's own devpts (so ``tty`` says /dev/pts/N inside): the slave becomes the
+    controlling terminal and stdio, the master goes to the runtime over the channel."""
+    with _Step("allocate a terminal", "/dev/ptmx"):
+        master, slave = os.openpty()
+        os.set_inheritable(master, False)
+        if plan.process.console_size:
+            height, width = plan.process.console_size
+            fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
+        channel.send(fd=master, t="console", name=os.ttyname(slave))
+        os.close(master)
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        for fd in (0, 1, 2):
+            os.dup2(slave, fd)
+        if slave > 2:
+            os.close(slave)
 
 
 def _process_setup(plan: Plan) -> None:

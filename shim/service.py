@@ -9,6 +9,7 @@ synchronously right after the action they report, and the init's exit waits for 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -79,8 +80,6 @@ class TaskService:
             raise TtrpcError(Code.ALREADY_EXISTS, f"container {cid}: already exists")
         if req.checkpoint:
             raise TtrpcError(Code.UNIMPLEMENTED, f"create {cid}: restoring from a checkpoint is not supported")
-        if req.terminal:
-            raise TtrpcError(Code.UNIMPLEMENTED, f"create {cid}: terminals are not supported by pyoci yet")
         _check_options(req.options, cid)
         init = InitProcess(cid, "", req.stdin, req.stdout, req.stderr, req.terminal, bundle=req.bundle)
         rootfs = os.path.join(req.bundle, "rootfs")
@@ -89,16 +88,23 @@ class TaskService:
                 mounts.mount_rootfs(req.rootfs, rootfs)
                 init.rootfs_mounted = bool(req.rootfs)
                 try:
-                    init.io = await ProcessIO.open(req.stdin, req.stdout, req.stderr, cid, self.namespace)
+                    init.io = await ProcessIO.open(
+                        req.stdin, req.stdout, req.stderr, cid, self.namespace, terminal=req.terminal
+                    )
                 except (OSError, ValueError) as exc:
                     raise ConfigError("stdio", str(exc), source="CreateTaskRequest") from None
                 container = Container.create(self.store, cid, req.bundle, CreateOptions(stdio=init.io.child_fds))
+                if req.terminal and container.console is None:
+                    container.delete(force=True)
+                    raise ConfigError("terminal", "the task asks for a terminal but process.terminal is false")
             except BaseException:
                 init.close_io()
                 if init.rootfs_mounted:
                     mounts.unmount_rootfs(rootfs)
                 raise
         init.io.started()
+        if container.console is not None:
+            init.io.attach_console(container.console)
         init.container = container
         init.pid = container.state.pid
         self.tasks[cid] = init
@@ -134,15 +140,19 @@ class TaskService:
         init.require_exec_allowed()
         with status(f"start {proc.name}"):
             try:
-                proc.io = await ProcessIO.open(proc.stdin, proc.stdout, proc.stderr, req.id, self.namespace)
+                proc.io = await ProcessIO.open(
+                    proc.stdin, proc.stdout, proc.stderr, req.id, self.namespace, terminal=proc.terminal
+                )
             except (OSError, ValueError) as exc:
                 raise ConfigError("stdio", str(exc), source="ExecProcessRequest") from None
             try:
-                proc.pid = init.container.exec(proc.spec, stdio=proc.io.child_fds)
+                proc.pid, console = init.container.exec(proc.spec, stdio=proc.io.child_fds)
             except BaseException:
                 proc.close_io()
                 raise
         proc.io.started()
+        if console is not None:
+            proc.io.attach_console(console)
         proc.status = RUNNING
         self.reaper.watch(proc.pid, lambda ended: self._exited(init, proc, ended))
         self.publisher.publish(
@@ -155,14 +165,14 @@ class TaskService:
         if req.exec_id in init.execs:
             raise TtrpcError(Code.ALREADY_EXISTS, f"exec {req.exec_id} of container {req.id}: already exists")
         init.require_exec_allowed()
-        if req.terminal:
-            raise TtrpcError(Code.UNIMPLEMENTED, f"exec {req.exec_id}: terminals are not supported by pyoci yet")
         with status(f"exec {req.exec_id} of container {req.id}"):
             try:
                 data = json.loads(req.spec.value)
             except ValueError as exc:
                 raise ConfigError("", f"not JSON: {exc}", source=f"exec {req.exec_id} spec") from None
             spec = parse_process(data, source=f"exec {req.exec_id} spec")
+        if spec.terminal != req.terminal:
+            spec = dataclasses.replace(spec, terminal=req.terminal)
         init.execs[req.exec_id] = ExecProcess(
             req.id, req.exec_id, req.stdin, req.stdout, req.stderr, req.terminal, spec=spec
         )
@@ -310,9 +320,11 @@ class TaskService:
 
     async def ResizePty(self, req: task_pb2.ResizePtyRequest, ctx) -> empty_pb2.Empty:
         proc = self._task(req.id).process(req.exec_id)
-        if not proc.terminal:
+        if proc.io is None or proc.io.console is None:
             return EMPTY  # no console: nothing to resize (containerd's runc shim does the same)
-        raise TtrpcError(Code.UNIMPLEMENTED, f"{proc.name}: terminals are not supported by pyoci yet")
+        with status(f"resize {proc.name}"):
+            proc.io.resize(req.width, req.height)
+        return EMPTY
 
     async def CloseIO(self, req: task_pb2.CloseIORequest, ctx) -> empty_pb2.Empty:
         proc = self._task(req.id).process(req.exec_id)

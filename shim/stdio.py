@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import logging
 import os
 import signal
+import struct
+import termios
 import urllib.parse
 from dataclasses import dataclass, field
 
@@ -47,6 +51,10 @@ async def read_some(fd: int) -> bytes:
             return os.read(fd, CHUNK)
         except BlockingIOError:
             await _readable(fd)
+        except OSError as exc:
+            if exc.errno == errno.EIO:
+                return b""  # a pty master whose slave side is closed: the terminal's EOF
+            raise
 
 
 async def write_all(fd: int, data: bytes) -> None:
@@ -171,19 +179,27 @@ class ProcessIO:
     stdin_path: str = ""
     stdout_path: str = ""
     stderr_path: str = ""
-    child_fds: tuple[int, int, int] = (-1, -1, -1)
+    terminal: bool = False
+    child_fds: tuple[int, int, int] | None = (-1, -1, -1)  # None for a terminal: the pty is its stdio
+    console: int | None = None
     _stdin_w: int | None = None
     logger: Logger | None = None
     _null: int = -1
+    _stdin_fifo: int | None = None
+    _stdout_dst: int | None = None
     _fds: list[int] = field(default_factory=list)
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
     _outputs: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
-    async def open(cls, stdin: str, stdout: str, stderr: str, container_id: str = "", namespace: str = "") -> ProcessIO:
-        io = cls(stdin, stdout, stderr)
+    async def open(
+        cls, stdin: str, stdout: str, stderr: str, container_id: str = "", namespace: str = "", terminal: bool = False
+    ) -> ProcessIO:
+        io = cls(stdin, stdout, stderr, terminal)
         try:
-            if stdout.startswith("binary://"):
+            if terminal:
+                io._open_terminal()
+            elif stdout.startswith("binary://"):
                 io.logger, out_w, err_w = await start_logger(stdout, container_id, namespace)
                 io._fds += [out_w, err_w]
                 io._open(logged=(out_w, err_w))
@@ -193,6 +209,33 @@ class ProcessIO:
             io.close()
             raise
         return io
+
+    def _open_terminal(self) -> None:
+        """A terminal process: the FIFOs are opened now, the copying starts once the pty exists."""
+        self.child_fds = None
+        if self.stdin_path:
+            self._stdin_fifo = os.open(self.stdin_path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        self._stdout_dst = open_output(self.stdout_path)
+
+    def attach_console(self, master: int) -> None:
+        """Copy stdin FIFO → pty master → stdout FIFO (a terminal has no separate stderr)."""
+        self.console = master
+        os.set_blocking(master, False)
+        if self._stdout_dst is not None:
+            task = asyncio.create_task(copy(master, self._stdout_dst), name="console-out")
+            task.add_done_callback(lambda _t, fd=self._stdout_dst: _close_all((fd,)))
+            self._stdout_dst = None
+            self._outputs.append(task)
+        if self._stdin_fifo is not None:
+            self._stdin_w = os.dup(master)
+            task = asyncio.create_task(self._copy_stdin(self._stdin_fifo), name="console-in")
+            task.add_done_callback(lambda _t, fd=self._stdin_fifo: (_close_all((fd,)), self.close_stdin()))
+            self._stdin_fifo = None
+            self._tasks.append(task)
+
+    def resize(self, width: int, height: int) -> None:
+        if self.console is not None:
+            fcntl.ioctl(self.console, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
 
     def _open(self, logged: tuple[int, int] | None = None) -> None:
         null = self._null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
@@ -239,6 +282,8 @@ class ProcessIO:
 
     def started(self) -> None:
         """The process has its copies of the child ends: drop ours, so EOF follows the process's exit."""
+        if self.child_fds is None:
+            return
         for fd in set(self.child_fds) - {self._null}:
             self._fds.remove(fd)
             os.close(fd)
@@ -264,6 +309,8 @@ class ProcessIO:
         for task in self._tasks + self._outputs:
             task.cancel()
         self.close_stdin()
+        _close_all(fd for fd in (self._stdin_fifo, self._stdout_dst, self.console) if fd is not None)
+        self._stdin_fifo = self._stdout_dst = self.console = None
         for fd in self._fds:
             with contextlib.suppress(OSError):
                 os.close(fd)

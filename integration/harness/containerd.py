@@ -143,8 +143,13 @@ class Containerd:
     def _ours(self, argv: list[str]) -> bool:
         return "-address" in argv and self.address in argv
 
-    def stop(self) -> list[str]:
-        """Stop everything and clean up; returns a description of leftovers that had to be removed."""
+    def stop(self, grace: float = 5.0) -> list[str]:
+        """Stop everything and clean up; returns a description of leftovers that had to be removed.
+        Shims still finishing a normal exit (after Shutdown, publishing their last events) get ``grace``
+        seconds, with containerd still up, before they count as leftovers."""
+        deadline = time.monotonic() + grace
+        while self.shim_pids() and time.monotonic() < deadline:
+            time.sleep(0.05)
         self.stop_daemon()
         leftovers = []
         for pid in self.shim_pids():
