@@ -141,6 +141,7 @@ def _v1_cpu(m: v1.Metrics, cpuacct: str, cpu: str) -> None:
 
 
 def _v1_blkio(m: v1.Metrics, d: str) -> None:
+    m.blkio.SetInParent()  # present when the controller is, even with no I/O yet (as containerd's cgroups does)
     for field, name in (
         ("io_service_bytes_recursive", "blkio.throttle.io_service_bytes_recursive"),
         ("io_serviced_recursive", "blkio.throttle.io_serviced_recursive"),
