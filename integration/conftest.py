@@ -18,6 +18,7 @@ from integration.harness.containerd import Containerd
 from integration.harness.ctr import Ctr
 from integration.harness.grpc import ContainerdClient
 from integration.harness.image import IMAGE_NAME, build_busybox_image
+from integration.harness.versions import containerd_binary
 
 NAMESPACE = "pyoci-test"
 
@@ -29,12 +30,18 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.integration)
 
 
+def containerd_under_test() -> str:
+    """PYOCI_CONTAINERD: a version of the matrix (1.6, 1.7, 2.1) or a path to a containerd binary."""
+    choice = os.environ.get("PYOCI_CONTAINERD", "1.6")
+    return choice if "/" in choice else containerd_binary(choice)
+
+
 @pytest.fixture(scope="session")
 def containerd():
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (they run a private containerd)")
     base = Path(tempfile.mkdtemp(prefix="pyoci-it-", dir="/tmp"))
-    daemon = Containerd(base, binary=os.environ.get("PYOCI_CONTAINERD", "") or Containerd(base).binary)
+    daemon = Containerd(base, binary=containerd_under_test())
     daemon.start()
     yield daemon
     leftovers = daemon.stop()

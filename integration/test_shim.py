@@ -143,17 +143,22 @@ def test_detached_task_exec_ps_kill_remove(run, ctr, containerd, container_id, r
     ctr.wait_task_status(container_id, "STOPPED")
     ctr("tasks", "delete", container_id)
     ctr("containers", "delete", container_id)
-    events = recorder.stop()
-    assert_valid_event_order(events, container_id, exec_ids=["e1", "e2"], init_status=137)
+    events = recorder.stop(wait_for=("/tasks/delete", container_id))
+    assert_valid_event_order(
+        events, container_id, exec_ids=["e1", "e2"], init_status=137, require_delete=runtime == PYOCI
+    )
     exits = {e.data.get("id"): e.data.get("exit_status", 0) for e in events if e.topic == "/tasks/exit"}
     assert exits == {"e1": 5, "e2": 0, container_id: 137}
     if runtime == PYOCI:
         assert_nothing_left(containerd, ctr, container_id)
 
 
-def assert_valid_event_order(events, cid: str, exec_ids: list[str], init_status: int) -> None:
+def assert_valid_event_order(events, cid: str, exec_ids: list[str], init_status: int, require_delete=True) -> None:
     mine = [e for e in events if e.data.get("container_id") == cid]
     topics = [e.topic for e in mine]
+    if not require_delete and "/tasks/delete" not in topics:
+        topics.append("/tasks/delete")  # (the runc reference on containerd 2.1 sometimes never sends it)
+    assert "/tasks/delete" in topics, topics
     first = {t: topics.index(t) for t in set(topics)}
     assert first["/tasks/create"] < first["/tasks/start"] < first["/tasks/delete"], topics
     init_exit = next(i for i, e in enumerate(mine) if e.topic == "/tasks/exit" and e.data.get("id") == cid)
@@ -213,7 +218,8 @@ def test_paused_task_refuses_exec_and_resumes(run, ctr, container_id):
     ctr("tasks", "pause", container_id)
     ctr("tasks", "kill", "--signal", "SIGKILL", container_id)  # delivered once thawed, as with runc
     ctr.wait_task_status(container_id, "STOPPED")
-    topics = [e.topic for e in recorder.stop() if e.data.get("container_id") == container_id]
+    events = recorder.stop(wait_for=("/tasks/exit", container_id))
+    topics = [e.topic for e in events if e.data.get("container_id") == container_id]
     assert topics.count("/tasks/paused") == 2 and topics.count("/tasks/resumed") == 1
 
 
@@ -226,7 +232,8 @@ def test_errors_carry_status_codes(run, ctr, container_id):
     duplicate = ctr("tasks", "exec", "--exec-id", "d1", container_id, "true", check=False)
     assert duplicate.returncode != 0 and "already exists" in duplicate.stderr
     missing = ctr("tasks", "kill", "--exec-id", "nope", container_id, check=False)
-    assert missing.returncode != 0 and "not found" in missing.stderr.lower()
+    # NotFound: ctr 1.6 prints errdefs' ": not found" suffix, 1.7+ only our message
+    assert missing.returncode != 0 and ("not found" in missing.stderr or "does not exist" in missing.stderr)
 
 
 def test_killed_shim_is_cleaned_up_by_delete(run, ctr, containerd, container_id):
@@ -299,7 +306,9 @@ def test_oom_kill_publishes_oom_then_exit_137(ctr, busybox_image, container_id, 
         timeout=60,
     )
     assert result.returncode == 137
-    mine = [e for e in recorder.stop() if e.data.get("container_id") == container_id]
+    mine = [
+        e for e in recorder.stop(wait_for=("/tasks/exit", container_id)) if e.data.get("container_id") == container_id
+    ]
     topics = [e.topic for e in mine]
     assert "/tasks/oom" in topics, topics
     exit_at = next(i for i, e in enumerate(mine) if e.topic == "/tasks/exit")

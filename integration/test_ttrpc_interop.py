@@ -3,6 +3,7 @@
 import asyncio
 import time
 
+import pytest
 from google.protobuf import empty_pb2, timestamp_pb2
 
 from pyoci.protos import containerd_events_pb2, containerd_events_ttrpc_pb2, typeurl
@@ -49,7 +50,9 @@ async def test_forward_task_oom_reaches_containerd_subscribers(containerd, grpc_
     assert typeurl.unpack(env.event, containerd_events_pb2.TaskOOM).container_id == "oom-c1"
 
 
-async def test_containerd_rejects_an_envelope_without_timestamp(containerd):
+async def test_containerd_rejects_an_envelope_without_timestamp(containerd, grpc_client):
+    if not (await grpc_client.version()).version.startswith("1.6"):
+        pytest.skip("containerd 1.7+ stamps such envelopes itself; the check is 1.6's (events/exchange)")
     request = containerd_events_ttrpc_pb2.ForwardRequest(
         envelope=containerd_events_ttrpc_pb2.Envelope(
             namespace="pyoci-test", topic="/tasks/oom", event=typeurl.pack(containerd_events_pb2.TaskOOM())

@@ -68,8 +68,10 @@ class Containerd:
         return self.base / "containerd.log"
 
     def env(self) -> dict[str, str]:
+        # the venv's bin (containerd-shim-pyoci-v2), then this containerd's own (its ctr and runc shim)
         bin_dirs = [
             str(Path(sys.executable).parent),
+            str(Path(self.binary).parent),
             "/usr/local/sbin",
             "/usr/local/bin",
             "/usr/sbin",
@@ -104,7 +106,11 @@ class Containerd:
                 raise RuntimeError(f"containerd exited with {self.process.returncode}:\n{self.log_tail()}")
             if os.path.exists(self.address) and os.path.exists(self.ttrpc_address):
                 probe = subprocess.run(
-                    ["ctr", "--address", self.address, "version"], capture_output=True, text=True, timeout=10
+                    ["ctr", "--address", self.address, "version"],
+                    capture_output=True,
+                    text=True,
+                    timeout=10,
+                    env=self.env(),
                 )
                 if probe.returncode == 0 and "Server:" in probe.stdout:
                     return

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 
@@ -74,21 +75,40 @@ class Event:
 
 
 class EventRecorder:
-    """``ctr events`` in the background; ``stop()`` ends it (by pid) and returns what it saw, in order."""
+    """``ctr events`` in the background, read by a thread; ``stop()`` ends it (by pid) and returns what it saw,
+    in order — after waiting (up to ``timeout``) for an expected event, if one is named."""
 
     def __init__(self, ctr: Ctr) -> None:
         self.process = ctr.popen("events")
         self.namespace = ctr.namespace
+        self.events: list[Event] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
         time.sleep(0.3)  # let the subscription register
 
-    def stop(self, settle: float = 0.5) -> list[Event]:
+    def _read(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            # "<date> <time> <zone> <zone-name> <namespace> <topic> <json>"
+            match = re.match(r"^\S+ \S+ \S+ \S+ (\S+) (\S+) ?(.*)$", line.rstrip("\n"))
+            if match and match.group(1) == self.namespace:
+                self.events.append(Event(match.group(2), json.loads(match.group(3) or "{}")))
+
+    def stop(self, wait_for: tuple[str, str] | None = None, timeout: float = 10.0, settle: float = 0.3) -> list[Event]:
+        """``wait_for=(topic, container_id)``: return once that event arrived (or ``timeout`` passed)."""
+        deadline = time.monotonic() + timeout
+        while wait_for and time.monotonic() < deadline:
+            topic, cid = wait_for
+            if any(e.topic == topic and e.data.get("container_id") == cid for e in list(self.events)):
+                break
+            time.sleep(0.05)
         time.sleep(settle)
         self.process.terminate()
-        out, _ = self.process.communicate(timeout=10)
-        events = []
-        for line in out.splitlines():
-            # "<date> <time> <zone> <zone-name> <namespace> <topic> <json>"
-            match = re.match(r"^\S+ \S+ \S+ \S+ (\S+) (\S+) ?(.*)$", line)
-            if match and match.group(1) == self.namespace:
-                events.append(Event(match.group(2), json.loads(match.group(3) or "{}")))
-        return events
+        try:
+            self.process.wait(10)
+        finally:
+            if self.process.poll() is None:
+                self.process.kill()
+                self.process.wait()
+        self._reader.join(5)
+        return list(self.events)
