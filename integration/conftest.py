@@ -40,7 +40,7 @@ def containerd_under_test() -> str:
 def containerd():
     if os.geteuid() != 0:
         pytest.fail("integration tests need root (they run a private containerd)")
-    base = Path(tempfile.mkdtemp(prefix="pyoci-it-", dir="/tmp"))
+    base = Path(tempfile.mkdtemp(prefix="pyoci-it-", dir=os.environ.get("PYOCI_TMP", "/tmp")))
     daemon = Containerd(base, binary=containerd_under_test())
     daemon.start()
     yield daemon

@@ -79,6 +79,7 @@ class Container:
         spec = load_spec(bundle)
         if spec.process is None:
             raise ConfigError("process", "required to create a container")
+        security.check_lsm(spec.process)
         rootfs = spec.root.path if spec.root.path.startswith("/") else os.path.join(bundle, spec.root.path)
         if not os.path.isdir(rootfs):
             raise ConfigError("root.path", f"{rootfs} is not a directory")
@@ -308,6 +309,7 @@ class Container:
         if status != RUNNING:
             raise InvalidState(f"container {self.id}: cannot exec in a {status} container")
         spec = self.spec
+        security.check_lsm(process, source="exec process")
         fds: list[int] = []
         try:
             join = []

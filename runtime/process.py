@@ -545,5 +545,6 @@ def _resolve_executable(process: Process) -> str:
 
 
 def _execve(process: Process, path: str) -> None:
+    security.apply_lsm_on_exec(process)
     with _Step("exec", process.args[0]):
         os.execve(path, list(process.args), _env(process))

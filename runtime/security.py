@@ -111,3 +111,53 @@ def apply_credentials(process: Process, caps: CapSets | None) -> None:
             k.prctl(k.PR_CAP_AMBIENT, k.PR_CAP_AMBIENT_RAISE, cap)
     except OSError as exc:
         raise SetupError("set capabilities", exc.errno or errno.EIO) from None
+
+
+def apparmor_enabled() -> bool:
+    try:
+        with open("/sys/module/apparmor/parameters/enabled") as f:
+            return f.read().strip() == "Y"
+    except OSError:
+        return False
+
+
+def selinux_enabled() -> bool:
+    return os.path.exists("/sys/fs/selinux/enforce")
+
+
+def check_lsm(process: Process, source: str = "process") -> None:
+    """An AppArmor profile or SELinux label the host cannot apply is an error, not something to ignore."""
+    from .errors import Unsupported
+
+    if process.apparmor_profile and not apparmor_enabled():
+        raise Unsupported(
+            f"{source}.apparmorProfile: AppArmor is not enabled on this host "
+            f"(profile {process.apparmor_profile!r} cannot be applied)"
+        )
+    if process.selinux_label and not selinux_enabled():
+        raise Unsupported(
+            f"{source}.selinuxLabel: SELinux is not enabled on this host "
+            f"(label {process.selinux_label!r} cannot be applied)"
+        )
+
+
+def apply_lsm_on_exec(process: Process) -> None:
+    """Labels that take effect at execve: written just before it."""
+    for value, paths in (
+        (
+            f"exec {process.apparmor_profile}" if process.apparmor_profile else "",
+            ("/proc/self/attr/apparmor/exec", "/proc/self/attr/exec"),
+        ),
+        (process.selinux_label, ("/proc/self/attr/exec",)),
+    ):
+        if not value:
+            continue
+        for path in paths:
+            try:
+                with open(path, "w") as f:
+                    f.write(value)
+                break
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise SetupError("set security label", exc.errno or errno.EIO, value) from None
