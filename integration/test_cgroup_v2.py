@@ -111,3 +111,21 @@ def test_kill_all_and_the_cgroup_goes_with_delete(ctr, running):
     ctr.wait_task_status(running, "STOPPED", timeout=120)
     ctr("tasks", "delete", running, timeout=120)
     assert not cg.exists()
+
+
+def test_device_rules_are_enforced_by_the_ebpf_program(ctr, busybox_image, container_id):
+    result = ctr(
+        "run",
+        "--rm",
+        "--runtime",
+        PYOCI,
+        busybox_image,
+        container_id,
+        "sh",
+        "-c",
+        "mknod /tmp/kmsg c 1 11 && head -c 1 /tmp/kmsg; echo rc=$?; head -c 1 /dev/zero | wc -c",
+        check=False,
+        timeout=300,
+    )
+    assert "Operation not permitted" in result.stderr and "rc=1" in result.stdout, result
+    assert result.stdout.strip().endswith("1")  # /dev/zero, a default device, still works

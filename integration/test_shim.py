@@ -313,3 +313,10 @@ def test_oom_kill_publishes_oom_then_exit_137(ctr, busybox_image, container_id, 
     assert "/tasks/oom" in topics, topics
     exit_at = next(i for i, e in enumerate(mine) if e.topic == "/tasks/exit")
     assert topics.index("/tasks/oom") < exit_at and mine[exit_at].data["exit_status"] == 137
+
+
+@BOTH
+def test_device_rules_deny_a_device_the_spec_does_not_allow(run, runtime):
+    # ctr's default spec denies all devices but the default ones; mknod is allowed (c *:* m), opening is not
+    result = run(runtime, "--rm", ["sh", "-c", "mknod /tmp/kmsg c 1 11 && head -c 1 /tmp/kmsg; echo rc=$?"])
+    assert "Operation not permitted" in result.stderr and "rc=1" in result.stdout, result

@@ -171,8 +171,15 @@ class V2Manager(Manager):
             if "/" in key or key.startswith("."):
                 raise CgroupError(f"linux.resources.unified.{key}: not a cgroup file name")
             self._set(key, value, f"linux.resources.unified.{key}")
-        if resources.devices and not update:
-            warnings.append("linux.resources.devices: device rules are not enforced on cgroup v2 yet (no eBPF program)")
+        if resources.devices:
+            if update:
+                warnings.append(
+                    "linux.resources.devices: changing device rules of a running container is not supported"
+                )
+            else:
+                from .devices import attach
+
+                attach(self.path, resources.devices)
         return warnings
 
 
