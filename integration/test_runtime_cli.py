@@ -310,3 +310,21 @@ def test_run_forwards_sigterm(bundle):
     finally:
         runner.kill()
         runner.wait()
+
+
+def test_the_container_gets_its_own_session_keyring(bundle):
+    bundle.config["linux"]["maskedPaths"].remove("/proc/keys")  # a process sees the keyrings it possesses
+    assert f"_ses.{bundle.id}" in run(bundle, "cat /proc/keys").stdout
+    bundle.config["process"]["args"] = ["cat", "/proc/keys"]
+    bundle.write()
+    shared = bundle.pyoci("run", "--no-new-keyring", "--bundle", str(bundle.path), bundle.id)
+    assert shared.returncode == 0 and f"_ses.{bundle.id}" not in shared.stdout
+
+
+def test_time_namespace_offsets(bundle):
+    year = 365 * 24 * 3600
+    bundle.config["linux"]["namespaces"].append({"type": "time"})
+    bundle.config["linux"]["timeOffsets"] = {"boottime": {"secs": year}, "monotonic": {"secs": year}}
+    result = run(bundle, "cut -d. -f1 /proc/uptime")
+    assert result.returncode == 0, result.stderr
+    assert int(result.stdout) > year

@@ -209,7 +209,7 @@ def cmd_create(args) -> int:
 
     spec = load_spec(args.bundle)
     _check_terminal(bool(spec.process and spec.process.terminal), args.console_socket)
-    options = CreateOptions(no_pivot=args.no_pivot, pid_file=args.pid_file or None)
+    options = CreateOptions(no_pivot=args.no_pivot, no_new_keyring=args.no_new_keyring, pid_file=args.pid_file or None)
     container = Container.create(_store(args), args.id, args.bundle, options)
     _send_console(args.console_socket, container.console)
     return 0
@@ -228,7 +228,7 @@ def cmd_run(args) -> int:
         _store(args),
         args.id,
         args.bundle,
-        CreateOptions(no_pivot=args.no_pivot, pid_file=args.pid_file or None),
+        CreateOptions(no_pivot=args.no_pivot, no_new_keyring=args.no_new_keyring, pid_file=args.pid_file or None),
     )
     _send_console(args.console_socket, container.console)
     container.start()

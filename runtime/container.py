@@ -36,6 +36,7 @@ CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
 class CreateOptions:
     stdio: tuple[int, int, int] | None = None  # fds for the init's stdin/stdout/stderr (None: inherit)
     no_pivot: bool = False
+    no_new_keyring: bool = False
     pid_file: str | None = None
 
 
@@ -169,6 +170,7 @@ class Container:
             seccomp=compile_filter(linux.seccomp) if linux.seccomp else None,
             exec_fifo=fifo_fd,
             no_pivot=options.no_pivot,
+            new_keyring="" if options.no_new_keyring else f"_ses.{self.id}",
             terminal=spec.process.terminal,
         )
 

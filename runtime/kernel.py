@@ -86,6 +86,7 @@ _SYSCALLS = {
     "seccomp": (317, 277),
     "setns": (308, 268),
     "unshare": (272, 97),
+    "keyctl": (250, 219),
 }
 _ARCH_GENERIC = platform.machine() != "x86_64"
 
@@ -128,6 +129,14 @@ def setns(fd: int, nstype: int = 0) -> None:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
     args = (ctypes.c_ulong(a) for a in (arg2, arg3, arg4, arg5))
     return _check(_libc.prctl(ctypes.c_int(option), *args), "prctl")
+
+
+KEYCTL_JOIN_SESSION_KEYRING = 1
+
+
+def join_session_keyring(name: str) -> None:
+    """A new session keyring, so the container does not share the runtime's keys (runc does the same)."""
+    _check(_libc.syscall(_nr("keyctl"), ctypes.c_int(KEYCTL_JOIN_SESSION_KEYRING), _b(name)), "keyctl")
 
 
 def sethostname(name: str) -> None:

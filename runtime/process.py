@@ -69,6 +69,7 @@ class Plan:
     exec_fifo: int | None = None  # O_PATH fd of exec.fifo (init only)
     terminal: bool = False  # allocate a pty in the container; its master comes back as Spawned.console
     no_pivot: bool = False
+    new_keyring: str = ""  # name of a new session keyring for the container ("" keeps the runtime's)
     setsid: bool = True
 
 
@@ -414,6 +415,12 @@ def _init_b(plan: Plan, channel: Channel) -> None:
     if plan.setsid:
         with _Step("setsid"):
             os.setsid()
+    if plan.new_keyring:
+        try:
+            k.join_session_keyring(plan.new_keyring)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSYS, errno.EACCES):  # no keyctl (or forbidden by seccomp/LSM): runc too
+                raise SetupError("join session keyring", exc.errno or errno.EIO, plan.new_keyring) from None
     in_userns = plan.new_user or any(flag == k.CLONE_NEWUSER for flag, _ in plan.join)
     mount_ns = plan.new_namespaces & k.CLONE_NEWNS
     if mount_ns:

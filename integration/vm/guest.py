@@ -143,6 +143,10 @@ def run(command: list[str], timeout: float = 900.0, memory: str = "2G") -> tuple
                 "qemu-system-x86_64",
                 "-machine",
                 "q35",
+                # multi-threaded TCG soft-locked the guest kernel here (both vCPUs spinning while a shim was
+                # forking); single-threaded TCG (the 2 vCPUs served in turn) did not
+                "-accel",
+                "tcg,thread=single",
                 "-cpu",
                 "max",
                 "-smp",
