@@ -320,3 +320,16 @@ def test_device_rules_deny_a_device_the_spec_does_not_allow(run, runtime):
     # ctr's default spec denies all devices but the default ones; mknod is allowed (c *:* m), opening is not
     result = run(runtime, "--rm", ["sh", "-c", "mknod /tmp/kmsg c 1 11 && head -c 1 /tmp/kmsg; echo rc=$?"])
     assert "Operation not permitted" in result.stderr and "rc=1" in result.stdout, result
+
+
+def test_fifty_pause_resume_cycles_leave_no_fd_in_the_shim(run, ctr, containerd, container_id):
+    run(PYOCI, "-d", ["sleep", "1000"], check=True)
+    ctr.wait_task_status(container_id, "RUNNING")
+    shim = int((bundle_dir(containerd, ctr, container_id) / "shim.pid").read_text())
+    counts = []
+    for _ in range(50):
+        ctr("tasks", "pause", container_id)
+        ctr("tasks", "resume", container_id)
+        counts.append(len(os.listdir(f"/proc/{shim}/fd")))
+    assert ctr.task_status(container_id) == "RUNNING"
+    assert counts[-1] <= counts[4], f"shim fds grew: {counts}"
