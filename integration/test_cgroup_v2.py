@@ -129,3 +129,41 @@ def test_device_rules_are_enforced_by_the_ebpf_program(ctr, busybox_image, conta
     )
     assert "Operation not permitted" in result.stderr and "rc=1" in result.stdout, result
     assert result.stdout.strip().endswith("1")  # /dev/zero, a default device, still works
+
+
+def test_oom_under_a_pod_level_limit_is_still_reported(ctr, busybox_image, container_id):
+    """The limit is on the parent (a pod's cgroup): the container's memory.events counts the kill in
+    oom_kill but not in oom (containerd#6323) — a watcher reading ``oom`` would miss it."""
+    pod = CGROUP / f"pyoci-pod-{container_id}"
+    pod.mkdir()
+    try:
+        (pod / "cgroup.subtree_control").write_text("+memory +pids")
+        (pod / "memory.max").write_text("20000000")
+        recorder = EventRecorder(ctr)
+        result = ctr(
+            "run",
+            "--rm",
+            "--runtime",
+            PYOCI,
+            "--cgroup",
+            f"/{pod.name}/{container_id}",
+            busybox_image,
+            container_id,
+            "sh",
+            "-c",
+            'x=0123456789abcdef; while :; do x="$x$x"; done',
+            check=False,
+            timeout=300,
+        )
+        assert result.returncode == 137, result
+        mine = [
+            e.topic
+            for e in recorder.stop(wait_for=("/tasks/exit", container_id), timeout=60)
+            if e.data.get("container_id") == container_id
+        ]
+        assert "/tasks/oom" in mine and mine.index("/tasks/oom") < mine.index("/tasks/exit"), mine
+    finally:
+        for child in pod.iterdir() if pod.exists() else []:
+            if child.is_dir():
+                child.rmdir()
+        pod.rmdir()
