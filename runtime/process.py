@@ -112,21 +112,18 @@ class Spawned:
     console: int | None = None  # pty master of a terminal process (the caller owns it)
 
 
-def spawn_init(
-    plan: Plan,
-    add_to_cgroup: Callable[[int], None],
-    run_runtime_hooks: Callable[[int], dict],
-) -> Spawned:
-    """Fork the container's init; returns once it waits on exec.fifo. ``run_runtime_hooks(pid)`` runs
-    the prestart and createRuntime hooks and returns the state JSON for the in-container hooks."""
+def _fork_container_process(
+    plan: Plan, body: Callable[[Plan, Channel], None], add_to_cgroup: Callable[[int], None]
+) -> tuple[Channel, int]:
+    """The part init and exec share: fork A, let it enter the namespaces (writing the id maps and joining
+    the cgroup for it), and get the pid of B, which A forks to run ``body`` and then exits."""
     parent, child = _pair()
     pid_a = os.fork()
     if pid_a == 0:
         parent.sock.close()
-        _child(lambda: _init_a(plan, child))
+        _child(lambda: _run_a(plan, child, body))
     child.sock.close()
     pid_b = 0
-    console = None
     try:
         parent.sock.settimeout(SETUP_TIMEOUT)
         _expect(parent, "sync")
@@ -134,7 +131,23 @@ def spawn_init(
         parent.send(t="go")
         pid_b = int(_expect(parent, "pid")["pid"])
         _reap(pid_a)
-        pid_a = 0
+        return parent, pid_b
+    except BaseException:
+        _abort(pid_a, pid_b)
+        parent.sock.close()
+        raise
+
+
+def spawn_init(
+    plan: Plan,
+    add_to_cgroup: Callable[[int], None],
+    run_runtime_hooks: Callable[[int], dict],
+) -> Spawned:
+    """Fork the container's init; returns once it waits on exec.fifo. ``run_runtime_hooks(pid)`` runs
+    the prestart and createRuntime hooks and returns the state JSON for the in-container hooks."""
+    parent, pid_b = _fork_container_process(plan, _init_b, add_to_cgroup)
+    console = None
+    try:
         _expect(parent, "hooks")
         state = run_runtime_hooks(pid_b)
         parent.send(t="go", state=state)
@@ -145,7 +158,7 @@ def spawn_init(
         parent.sock.settimeout(None)
         return Spawned(pid_b, parent, console)
     except BaseException:
-        _abort(pid_a, pid_b)
+        _abort(0, pid_b)
         parent.sock.close()
         if console is not None:
             os.close(console)
@@ -155,22 +168,9 @@ def spawn_init(
 def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, int | None]:
     """Fork a process into a running container; returns its pid (and its pty master if it has a terminal)
     once execve succeeded."""
-    parent, child = _pair()
-    pid_a = os.fork()
-    if pid_a == 0:
-        parent.sock.close()
-        _child(lambda: _exec_a(plan, child))
-    child.sock.close()
-    pid_b = 0
+    parent, pid_b = _fork_container_process(plan, _exec_b, add_to_cgroup)
     console = None
     try:
-        parent.sock.settimeout(SETUP_TIMEOUT)
-        _expect(parent, "sync")
-        _sync_a(plan, pid_a, add_to_cgroup)
-        parent.send(t="go")
-        pid_b = int(_expect(parent, "pid")["pid"])
-        _reap(pid_a)
-        pid_a = 0
         if plan.terminal:
             console = _expect(parent, "console").get("fd")
         msg = parent.recv()  # EOF: execve closed the socket (CLOEXEC) — success
@@ -178,7 +178,7 @@ def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, i
             _raise_for(msg)
         return pid_b, console
     except BaseException:
-        _abort(pid_a, pid_b)
+        _abort(0, pid_b)
         if console is not None:
             os.close(console)
         raise
@@ -380,24 +380,14 @@ def _fork_b(channel: Channel, body: Callable[[], None]) -> None:
     os._exit(0)
 
 
-def _init_a(plan: Plan, channel: Channel) -> None:
+def _run_a(plan: Plan, channel: Channel, body: Callable[[Plan, Channel], None]) -> None:
     try:
         _stdio(plan)
         _join_and_unshare(plan, channel)
     except BaseException as exc:
         _report(channel, exc)
         raise
-    _fork_b(channel, lambda: _guarded(channel, lambda: _init_b(plan, channel)))
-
-
-def _exec_a(plan: Plan, channel: Channel) -> None:
-    try:
-        _stdio(plan)
-        _join_and_unshare(plan, channel)
-    except BaseException as exc:
-        _report(channel, exc)
-        raise
-    _fork_b(channel, lambda: _guarded(channel, lambda: _exec_b(plan, channel)))
+    _fork_b(channel, lambda: _guarded(channel, lambda: body(plan, channel)))
 
 
 def _guarded(channel: Channel, body: Callable[[], None]) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -29,7 +30,7 @@ from pathlib import Path
 CACHE = Path(os.environ.get("PYOCI_CACHE", "/var/cache/pyoci")) / "vm"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 EXIT_MARK = "PYOCI-GUEST-EXIT="
-KERNEL_ARGS = "console=ttyS0 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 panic=-1 quiet"
+KERNEL_ARGS = "console=ttyS0 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 panic=-1 quiet loglevel=1"
 
 INIT = r"""#!/bin/busybox sh
 B=/bin/busybox
@@ -222,8 +223,18 @@ def main() -> int:
     status, output = run(
         command or ["sh", "-c", "cat /proc/self/cgroup; cat /sys/fs/cgroup/cgroup.controllers"], timeout=args.timeout
     )
-    sys.stdout.write(output)
+    sys.stdout.write(job_output(output))
+    if status == 255:
+        sys.stdout.write(output[-4000:])  # no exit status: show what the console said (a panic, a timeout)
     return status
+
+
+def job_output(console: str) -> str:
+    """The command's own output: the console after the firmware's screen clears, without kernel messages
+    and the exit-status line (so the command's last line, e.g. pytest's summary, is the last line)."""
+    text = console.rsplit("\x1b[2J", 1)[-1]
+    lines = [line for line in text.splitlines() if not re.match(r"^\[\s*\d+\.\d+\]", line)]
+    return "\n".join(line for line in lines if not line.startswith(EXIT_MARK)).strip("\n") + "\n"
 
 
 if __name__ == "__main__":
