@@ -15,8 +15,6 @@ from google.protobuf.message import Message
 
 M = TypeVar("M", bound=Message)
 
-OCI_SPEC_PREFIX = "types.containerd.io/opencontainers/runtime-spec/1/"
-
 
 def type_url(message: Message | type[Message]) -> str:
     """The type URL containerd registers for a message: its full protobuf name."""

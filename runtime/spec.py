@@ -320,9 +320,6 @@ class _Reader:
     def fail(self, key: str, reason: str) -> None:
         raise ConfigError(self.at(key) if key else self.path, reason, source=self.source)
 
-    def present(self, key: str) -> bool:
-        return self.data.get(key) is not None
-
     def _typed(self, key: str, types: type | tuple[type, ...], name: str, required: bool) -> Any:
         value = self.data.get(key)
         if value is None:

@@ -105,6 +105,3 @@ class InitProcess(ShimProcess):
             raise precondition(f"container {self.container_id}: cannot exec in a paused state")
         if self.status != RUNNING:
             raise precondition(f"container {self.container_id}: cannot exec in a {self.status} state")
-
-    def running_execs(self) -> list[ExecProcess]:
-        return [e for e in self.execs.values() if e.status in (RUNNING, PAUSED)]

@@ -7,7 +7,6 @@ import os
 import signal
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
 
 from ..errors import PyociError
 from ..spec import Resources
@@ -115,7 +114,3 @@ class Manager(ABC):
             self.kill_all()
             time.sleep(0.005)
         self.destroy()
-
-
-def join_nonempty(values: Iterable[str]) -> str:
-    return ",".join(v for v in values if v)
