@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import logging
 import os
 import signal
@@ -29,7 +30,24 @@ class _LogfmtFormatter(logging.Formatter):
         return f'time="{when}.{int(record.msecs):03d}Z" level={level} msg="{msg}" runtime=io.containerd.pyoci.v2'
 
 
+def claim(listener: socket.socket) -> int | None:
+    """An exclusive lock on ``<socket>.lock``: exactly one daemon serves a socket, even if a late fork from
+    the template and start's own fallback fork both got it. None if another daemon holds it."""
+    fd = os.open(listener.getsockname() + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
 def run(flags, listener: socket.socket, options: bytes) -> int:
+    lock = claim(listener)
+    if lock is None:
+        return 0  # another daemon serves this socket
+    if flags.bundle:
+        _write_atomic(os.path.join(flags.bundle, "shim.pid"), str(os.getpid()))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogfmtFormatter())
     root = logging.getLogger()
@@ -66,5 +84,14 @@ async def _serve(flags, listener: socket.socket) -> None:
     await server.close()
     with contextlib.suppress(OSError):
         os.unlink(path)
+    with contextlib.suppress(OSError):
+        os.unlink(path + ".lock")
     await service.close()
     await publisher.close()
+
+
+def _write_atomic(path: str, data: str) -> None:
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+    os.replace(tmp, path)

@@ -116,8 +116,7 @@ def start(flags) -> int:
         _spawn_template(flags)
     listener.close()
     try:
-        _write_atomic(os.path.join(bundle, "address"), address)
-        _write_atomic(os.path.join(bundle, "shim.pid"), str(pid))
+        _write_atomic(os.path.join(bundle, "address"), address)  # (shim.pid is written by the daemon itself)
         _raise_oom_score(pid)
     except OSError as exc:
         os.kill(pid, 9)
@@ -151,9 +150,10 @@ def _ask_template(flags, bundle: str, listener: _socket.socket, options: bytes) 
     """Have the template (``zygote.py``) fork the daemon: a pre-imported child. None if there is none.
     The request is a ``marshal``ed dict (both ends are this interpreter) with the listener attached."""
     conn = _unix(_socket.SOCK_SEQPACKET)
-    conn.settimeout(5)
+    conn.settimeout(2)
     try:
         conn.connect(zygote_path(flags.address))
+        conn.settimeout(30)  # once it has the listener, wait for its answer rather than fork a second daemon
         request = {
             "flags": {
                 "namespace": flags.namespace,
