@@ -50,6 +50,7 @@ class TaskService:
         self.tasks: dict[str, InitProcess] = {}
         self._on_shutdown = on_shutdown
         self._background: set[asyncio.Task[None]] = set()
+        self._creating: set[str] = set()  # ids between the start and the end of their Create (it awaits)
         self.oom = OOMWatcher(lambda cid: publisher.publish("/tasks/oom", events.TaskOOM(container_id=cid)))
 
     # ----------------------------------------------------------------------------------------- helpers
@@ -76,8 +77,16 @@ class TaskService:
     async def Create(self, req: task_pb2.CreateTaskRequest, ctx) -> task_pb2.CreateTaskResponse:
         cid = req.id
         log.debug("create %s: bundle %s, %d rootfs mounts", cid, req.bundle, len(req.rootfs))
-        if cid in self.tasks:
+        if cid in self.tasks or cid in self._creating:
             raise TtrpcError(Code.ALREADY_EXISTS, f"container {cid}: already exists")
+        self._creating.add(cid)
+        try:
+            return await self._create(req)
+        finally:
+            self._creating.discard(cid)
+
+    async def _create(self, req: task_pb2.CreateTaskRequest) -> task_pb2.CreateTaskResponse:
+        cid = req.id
         if req.checkpoint:
             raise TtrpcError(Code.UNIMPLEMENTED, f"create {cid}: restoring from a checkpoint is not supported")
         _check_options(req.options, cid)
