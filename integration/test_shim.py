@@ -15,6 +15,7 @@ import pytest
 
 from integration.harness.containerd import mounts_under
 from integration.harness.ctr import EventRecorder
+from pyoci.shim.start import socket_address
 
 PYOCI = "io.containerd.pyoci.v2"
 RUNC = "io.containerd.runc.v2"
@@ -56,6 +57,8 @@ def assert_nothing_left(containerd, ctr, cid: str, timeout: float = 10.0) -> Non
         left += [f"cgroup {d}" for d in cgroup_dirs(ctr.namespace, cid)]
         left += [f"mount {m}" for m in mounts_under(bundle_dir(containerd, ctr, cid))]
         left += [f"shim {pid}" for pid in pyoci_shims() if _shim_serves(pid, cid)]
+        sock = socket_address(containerd.address, ctr.namespace, cid).removeprefix("unix://")
+        left += [f"socket {p}" for p in (sock, sock + ".lock") if os.path.exists(p)]
         if not left or time.monotonic() > deadline:
             break
         time.sleep(0.1)

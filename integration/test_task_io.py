@@ -52,6 +52,11 @@ def test_file_log_uri_appends_both_streams(ctr, busybox_image, container_id, run
             check=False,
         )
         assert result.returncode == 0, result.stderr
+    if runtime == RUNC:  # the runc shim's file copy may still be writing when ctr returns: give it a moment
+        deadline = time.monotonic() + 5
+        while len(log.read_text().splitlines()) < 4 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    # pyoci publishes the exit only once the output is in the file: everything is there when ctr returns
     assert sorted(log.read_text().splitlines()) == ["err", "err", "out", "out"]
 
 

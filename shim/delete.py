@@ -62,8 +62,37 @@ def delete(flags) -> int:
             unmount_rootfs(rootfs)
         except PyociError as exc:
             print(f"delete {flags.id}: {exc}", file=sys.stderr)
+    if flags.id and flags.namespace:
+        _remove_dead_socket(flags, bundle)
     sys.stdout.buffer.write(encode_delete_response(pid, 128 + 9, time.time_ns()))
     return 0
+
+
+def _remove_dead_socket(flags, bundle: str) -> None:
+    """A shim that was killed leaves its socket behind; remove it — unless a live shim (of the same pod)
+    still holds the socket's lock (see daemon.claim)."""
+    import fcntl
+
+    from .start import group_id, socket_address
+
+    path = socket_address(flags.address, flags.namespace, group_id(bundle, flags.id)).removeprefix("unix://")
+    try:
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        fd = -1
+    try:
+        if fd >= 0:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        for leftover in (path, path + ".lock"):
+            try:
+                os.unlink(leftover)
+            except FileNotFoundError:
+                pass
+    except BlockingIOError:
+        pass  # a live shim serves this socket
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
 def _delete_container(flags) -> int:
