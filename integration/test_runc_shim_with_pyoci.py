@@ -98,7 +98,7 @@ def test_terminal_through_the_console_socket(ctr, containerd, busybox_image, con
         container_id,
         "sh",
         "-c",
-        "sleep 0.5; tty; stty size",
+        "sleep 1; tty; stty size",
     )
     lines = [line for line in result.stdout.replace("\x00", "").replace("^@", "").splitlines() if line.strip()]
     assert lines == ["/dev/pts/0", "30 100"], result

@@ -123,7 +123,7 @@ def test_no_logger_or_fd_leaks_over_many_runs(ctr, busybox_image, container_id, 
                 "hi",
             )
             counts.append(len(os.listdir(f"/proc/{shim}/fd")))
-        assert counts[-1] <= counts[2], f"shim fds grew: {counts}"
+        assert counts[-1] <= counts[2] + 2, f"shim fds grew: {counts}"  # a leak grows by one or more per run
         pids = [int((tmp_path / f"o{i}" / "env").read_text().split()[2]) for i in range(50)]
         time.sleep(0.5)
         assert not [p for p in pids if _alive(p)], "logging binaries outlived their tasks"

@@ -50,7 +50,7 @@ def test_run_with_a_terminal(ctr, containerd, busybox_image, container_id, runti
         container_id,
         "sh",
         "-c",
-        "sleep 0.5; tty; stty size; exit 7",
+        "sleep 1; tty; stty size; exit 7",
     )
     lines = [line for line in result.stdout.replace("\x00", "").replace("^@", "").splitlines() if line.strip()]
     assert lines == ["/dev/pts/0", "30 100"], result
@@ -72,7 +72,7 @@ def test_exec_with_a_terminal(ctr, containerd, busybox_image, container_id, runt
         container_id,
         "sh",
         "-c",
-        "sleep 0.5; tty; stty size",
+        "sleep 1; tty; stty size",
         rows=12,
         cols=34,
     )
@@ -92,4 +92,4 @@ def test_fifty_terminal_execs_leave_no_fd_in_the_shim(ctr, containerd, busybox_i
         )
         assert "hi" in result.stdout, result
         counts.append(len(os.listdir(f"/proc/{shim}/fd")))
-    assert counts[-1] <= counts[4], f"shim fds grew: {counts}"
+    assert counts[-1] <= counts[4] + 2, f"shim fds grew: {counts}"  # a leak grows by one or more per run
