@@ -84,7 +84,23 @@ class EventRecorder:
         self.events: list[Event] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
-        time.sleep(0.3)  # let the subscription register
+        self._wait_subscribed(ctr)
+
+    def _wait_subscribed(self, ctr: Ctr, timeout: float = 15.0) -> None:
+        """Label the namespace (containerd publishes /namespaces/update) until we see that event: from then on
+        nothing is missed. Falls back to a pause if the label cannot be set."""
+        deadline = time.monotonic() + timeout
+        probe = 0
+        while time.monotonic() < deadline:
+            probe += 1
+            if ctr("namespaces", "label", self.namespace, f"pyoci.test/probe={probe}", check=False).returncode:
+                time.sleep(0.3)
+                return
+            until = time.monotonic() + 0.5
+            while time.monotonic() < until:
+                if any(e.topic == "/namespaces/update" for e in list(self.events)):
+                    return
+                time.sleep(0.02)
 
     def _read(self) -> None:
         assert self.process.stdout is not None
