@@ -65,12 +65,7 @@ def bench_exec(ctr: Ctr, runs: int) -> dict:
     try:
         return paired(runs, lambda rt, i: ctr("tasks", "exec", "--exec-id", f"e{i}", f"bench-exec-{rt[14:18]}", "true"))
     finally:
-        for runtime in (PYOCI, RUNC):
-            cid = f"bench-exec-{runtime[14:18]}"
-            ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
-            ctr.wait_task_status(cid, "STOPPED")
-            ctr("tasks", "delete", cid, check=False)
-            ctr("containers", "delete", cid, check=False)
+        ctr.remove(*(f"bench-exec-{runtime[14:18]}" for runtime in (PYOCI, RUNC)))
 
 
 def bench_start(containerd: Containerd, runs: int) -> dict:
@@ -113,12 +108,7 @@ def bench_parallel(ctr: Ctr, count: int = 20) -> dict:
             time.sleep(0.02)
         result[f"{tag}_s"] = round(time.perf_counter() - t, 2)
         result[f"{tag}_failed"] = failed
-        for cid in ids:
-            ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
-        for cid in ids:
-            ctr.wait_task_status(cid, "STOPPED")
-            ctr("tasks", "delete", cid, check=False)
-            ctr("containers", "delete", cid, check=False)
+        ctr.remove(*ids)
     return result
 
 
@@ -155,12 +145,7 @@ def bench_memory(ctr: Ctr, containerd: Containerd, count: int = 10) -> dict:
                 result[f"{name}_pss_kb_per_container_with_template"] = (
                     result[f"{name}_pss_kb_per_container"] + template // count
                 )
-            for cid in ids:
-                ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
-            for cid in ids:
-                ctr.wait_task_status(cid, "STOPPED")
-                ctr("tasks", "delete", cid, check=False)
-                ctr("containers", "delete", cid, check=False)
+            ctr.remove(*ids)
     return result
 
 

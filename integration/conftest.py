@@ -74,6 +74,4 @@ def container_id(request, ctr):
     cid = re.sub(r"[^a-zA-Z0-9_.-]", "-", request.node.name)[:60].strip("-.")
     yield cid
     with contextlib.suppress(AssertionError):
-        ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
-        ctr("tasks", "delete", "--force", cid, check=False)
-        ctr("containers", "delete", cid, check=False)
+        ctr.remove(cid)

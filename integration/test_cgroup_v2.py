@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from google.protobuf import any_pb2
 
-from integration.harness.ctr import EventRecorder
+from integration.harness.ctr import assert_oom_then_exit
 from pyoci.protos import containerd_task_v2_pb2 as task_pb2
 from pyoci.runtime.cgroups import detect_layout
 from pyoci.ttrpc.client import Client
@@ -37,31 +37,7 @@ def running(ctr, busybox_image, container_id):
 
 
 def test_oom_kill_through_memory_events(ctr, busybox_image, container_id):
-    recorder = EventRecorder(ctr)
-    result = ctr(
-        "run",
-        "--rm",
-        "--runtime",
-        PYOCI,
-        "--memory-limit",
-        "20000000",
-        busybox_image,
-        container_id,
-        "sh",
-        "-c",
-        'x=0123456789abcdef; while :; do x="$x$x"; done',
-        check=False,
-        timeout=300,
-    )
-    assert result.returncode == 137, result
-    mine = [
-        e
-        for e in recorder.stop(wait_for=("/tasks/exit", container_id), timeout=60)
-        if e.data.get("container_id") == container_id
-    ]
-    topics = [e.topic for e in mine]
-    assert "/tasks/oom" in topics, topics
-    assert topics.index("/tasks/oom") < topics.index("/tasks/exit")
+    assert_oom_then_exit(ctr, busybox_image, container_id, PYOCI, "--memory-limit", "20000000", timeout=300)
 
 
 def test_pause_resume_through_cgroup_freeze(ctr, running):
@@ -139,29 +115,9 @@ def test_oom_under_a_pod_level_limit_is_still_reported(ctr, busybox_image, conta
     try:
         (pod / "cgroup.subtree_control").write_text("+memory +pids")
         (pod / "memory.max").write_text("20000000")
-        recorder = EventRecorder(ctr)
-        result = ctr(
-            "run",
-            "--rm",
-            "--runtime",
-            PYOCI,
-            "--cgroup",
-            f"/{pod.name}/{container_id}",
-            busybox_image,
-            container_id,
-            "sh",
-            "-c",
-            'x=0123456789abcdef; while :; do x="$x$x"; done',
-            check=False,
-            timeout=300,
+        assert_oom_then_exit(
+            ctr, busybox_image, container_id, PYOCI, "--cgroup", f"/{pod.name}/{container_id}", timeout=300
         )
-        assert result.returncode == 137, result
-        mine = [
-            e.topic
-            for e in recorder.stop(wait_for=("/tasks/exit", container_id), timeout=60)
-            if e.data.get("container_id") == container_id
-        ]
-        assert "/tasks/oom" in mine and mine.index("/tasks/oom") < mine.index("/tasks/exit"), mine
     finally:
         for child in pod.iterdir() if pod.exists() else []:
             if child.is_dir():

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from integration.harness.containerd import mounts_under
-from integration.harness.ctr import EventRecorder
+from integration.harness.ctr import EventRecorder, assert_oom_then_exit
 from pyoci.shim.start import socket_address
 
 PYOCI = "io.containerd.pyoci.v2"
@@ -292,30 +292,7 @@ def test_shim_flags_version_and_info():
 
 @BOTH
 def test_oom_kill_publishes_oom_then_exit_137(ctr, busybox_image, container_id, runtime):
-    recorder = EventRecorder(ctr)
-    result = ctr(
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "--memory-limit",
-        "20000000",
-        busybox_image,
-        container_id,
-        "sh",
-        "-c",
-        'x=0123456789abcdef; while :; do x="$x$x"; done',
-        check=False,
-        timeout=60,
-    )
-    assert result.returncode == 137
-    mine = [
-        e for e in recorder.stop(wait_for=("/tasks/exit", container_id)) if e.data.get("container_id") == container_id
-    ]
-    topics = [e.topic for e in mine]
-    assert "/tasks/oom" in topics, topics
-    exit_at = next(i for i, e in enumerate(mine) if e.topic == "/tasks/exit")
-    assert topics.index("/tasks/oom") < exit_at and mine[exit_at].data["exit_status"] == 137
+    assert_oom_then_exit(ctr, busybox_image, container_id, runtime, "--memory-limit", "20000000")
 
 
 @BOTH

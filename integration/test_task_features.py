@@ -46,11 +46,7 @@ def two_tasks(ctr, busybox_image, container_id):
         )
         ctr.wait_task_status(cid, "RUNNING")
     yield ids
-    for cid in ids.values():
-        ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
-        ctr.wait_task_status(cid, "STOPPED")
-        ctr("tasks", "delete", cid, check=False)
-        ctr("containers", "delete", cid, check=False)
+    ctr.remove(*ids.values())
 
 
 def test_metrics_match_the_runc_shims(ctr, two_tasks):

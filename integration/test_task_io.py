@@ -128,7 +128,4 @@ def test_no_logger_or_fd_leaks_over_many_runs(ctr, busybox_image, container_id, 
         time.sleep(0.5)
         assert not [p for p in pids if _alive(p)], "logging binaries outlived their tasks"
     finally:
-        ctr("tasks", "kill", "--signal", "SIGKILL", anchor, check=False)
-        ctr.wait_task_status(anchor, "STOPPED")
-        ctr("tasks", "delete", anchor, check=False)
-        ctr("containers", "delete", anchor, check=False)
+        ctr.remove(anchor)

@@ -52,6 +52,16 @@ class Ctr:
                 return parts[-1]
         return ""
 
+    def remove(self, *container_ids: str) -> None:
+        """SIGKILL each task, wait for it to stop, delete task and container (whatever of them exists)."""
+        for cid in container_ids:
+            self("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
+        for cid in container_ids:
+            if self.task_status(cid):
+                self.wait_task_status(cid, "STOPPED")
+            self("tasks", "delete", cid, check=False)
+            self("containers", "delete", cid, check=False)
+
     def task_pid(self, container_id: str) -> int:
         for line in self("tasks", "list").stdout.splitlines()[1:]:
             parts = line.split()
@@ -128,3 +138,35 @@ class EventRecorder:
                 self.process.wait()
         self._reader.join(5)
         return list(self.events)
+
+
+MEMORY_HOG = 'x=0123456789abcdef; while :; do x="$x$x"; done'
+
+
+def assert_oom_then_exit(
+    ctr: Ctr, image: str, container_id: str, runtime: str, *options: str, timeout: float = 60
+) -> None:
+    """Run a memory hog (``options`` give it a limit) and check what containerd shows: exit status 137, and
+    /tasks/oom for this container published before its /tasks/exit."""
+    recorder = EventRecorder(ctr)
+    result = ctr(
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        *options,
+        image,
+        container_id,
+        "sh",
+        "-c",
+        MEMORY_HOG,
+        check=False,
+        timeout=timeout,
+    )
+    assert result.returncode == 137, result
+    events = recorder.stop(wait_for=("/tasks/exit", container_id), timeout=60)
+    mine = [e for e in events if e.data.get("container_id") == container_id]
+    topics = [e.topic for e in mine]
+    assert "/tasks/oom" in topics, topics
+    exit_at = next(i for i, e in enumerate(mine) if e.topic == "/tasks/exit")
+    assert topics.index("/tasks/oom") < exit_at and mine[exit_at].data["exit_status"] == 137, topics
