@@ -70,12 +70,21 @@ def delete(flags) -> int:
 
 def _remove_dead_socket(flags, bundle: str) -> None:
     """A shim that was killed leaves its socket behind; remove it — unless a live shim (of the same pod)
-    still holds the socket's lock (see daemon.claim)."""
+    still holds the socket's lock (see daemon.claim), or the socket still accepts connections (a new shim
+    for the pod has bound it and listens, but its daemon has not claimed the lock yet)."""
     import fcntl
 
-    from .start import group_id, socket_address
+    from .start import _unix, group_id, socket_address
 
     path = socket_address(flags.address, flags.namespace, group_id(bundle, flags.id)).removeprefix("unix://")
+    probe = _unix()
+    try:
+        probe.connect(path)
+        return  # someone listens on it: not ours to remove
+    except OSError:
+        pass
+    finally:
+        probe.close()
     try:
         fd = os.open(path + ".lock", os.O_RDWR | os.O_CLOEXEC)
     except FileNotFoundError:
