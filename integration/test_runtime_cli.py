@@ -229,6 +229,10 @@ BAD_INPUT = {
         lambda c: c["linux"].update(seccomp={"defaultAction": "SCMP_ACT_ALLOW", "architectures": ["SCMP_ARCH_VAX"]}),
         "linux.seccomp.architectures[0]: unknown architecture",
     ),
+    "hook-timeout": (
+        lambda c: c.update(hooks={"prestart": [{"path": "/bin/sleep", "args": ["sleep", "5"], "timeout": 1}]}),
+        "prestart hook /bin/sleep: timed out after 1s",
+    ),
     "apparmor-without-apparmor": (
         lambda c: c["process"].update(apparmorProfile="docker-default"),
         "process.apparmorProfile: AppArmor is not enabled on this host",
