@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 
 from .cgroups import Manager
+from .cgroups.base import read_kv
 
 
 def _read_int(path: str) -> int | None:
@@ -17,14 +18,6 @@ def _read_int(path: str) -> int | None:
     return None if text == "max" else int(text)
 
 
-def _read_kv(path: str) -> dict[str, int]:
-    try:
-        with open(path) as f:
-            return {k: int(v) for k, v in (line.split() for line in f if line.strip())}
-    except (OSError, ValueError):
-        return {}
-
-
 def cgroup_stats(cgroup: Manager) -> dict:
     paths = cgroup.paths()
     out: dict = {}
@@ -32,9 +25,9 @@ def cgroup_stats(cgroup: Manager) -> dict:
         d = paths[""]
         out["memory"] = {
             "usage": {"usage": _read_int(f"{d}/memory.current"), "limit": _read_int(f"{d}/memory.max")},
-            "raw": _read_kv(f"{d}/memory.stat"),
+            "raw": read_kv(f"{d}/memory.stat"),
         }
-        out["cpu"] = {"usage": _read_kv(f"{d}/cpu.stat")}
+        out["cpu"] = {"usage": read_kv(f"{d}/cpu.stat")}
         out["pids"] = {"current": _read_int(f"{d}/pids.current"), "limit": _read_int(f"{d}/pids.max")}
         return out
     if "memory" in paths:
@@ -46,7 +39,7 @@ def cgroup_stats(cgroup: Manager) -> dict:
                 "max": _read_int(f"{d}/memory.max_usage_in_bytes"),
                 "failcnt": _read_int(f"{d}/memory.failcnt"),
             },
-            "raw": _read_kv(f"{d}/memory.stat"),
+            "raw": read_kv(f"{d}/memory.stat"),
         }
     if "cpuacct" in paths:
         out["cpu"] = {"usage": {"total": _read_int(os.path.join(paths["cpuacct"], "cpuacct.usage"))}}

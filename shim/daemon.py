@@ -47,7 +47,9 @@ def run(flags, listener: socket.socket, options: bytes) -> int:
     if lock is None:
         return 0  # another daemon serves this socket
     if flags.bundle:
-        _write_atomic(os.path.join(flags.bundle, "shim.pid"), str(os.getpid()))
+        from .start import write_atomic
+
+        write_atomic(os.path.join(flags.bundle, "shim.pid"), str(os.getpid()))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogfmtFormatter())
     root = logging.getLogger()
@@ -88,10 +90,3 @@ async def _serve(flags, listener: socket.socket) -> None:
         os.unlink(path + ".lock")
     await service.close()
     await publisher.close()
-
-
-def _write_atomic(path: str, data: str) -> None:
-    tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w") as f:
-        f.write(data)
-    os.replace(tmp, path)

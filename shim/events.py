@@ -37,7 +37,6 @@ class Publisher:
         self._queue: asyncio.Queue[events_pb2.ForwardRequest] = asyncio.Queue(MAX_QUEUE)
         self._client: Client | None = None
         self._task: asyncio.Task[None] | None = None
-        self.sent: list[str] = []  # topics, in order (for tests and debugging)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="event-publisher")
@@ -73,7 +72,6 @@ class Publisher:
                     timeout=5,
                     metadata={"containerd-namespace-ttrpc": self.namespace},
                 )
-                self.sent.append(topic)
                 return
             except TtrpcError as exc:
                 log.warning("publish %s (attempt %d): %s", topic, attempt, exc)

@@ -11,6 +11,7 @@ import os
 from pyoci.protos import cgroups_v1_metrics_pb2 as v1
 from pyoci.protos import cgroups_v2_metrics_pb2 as v2
 from pyoci.runtime.cgroups import Manager
+from pyoci.runtime.cgroups.base import read_kv
 
 MAX = 2**64 - 1
 _TICKS = os.sysconf("SC_CLK_TCK")
@@ -34,15 +35,6 @@ def _int(path: str) -> int:
         return int(text)
     except ValueError:
         return 0
-
-
-def _kv(path: str) -> dict[str, int]:
-    out = {}
-    for line in _text(path).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
-            out[parts[0]] = int(parts[1])
-    return out
 
 
 def collect(cgroup: Manager):
@@ -101,7 +93,7 @@ def collect_v1(paths: dict[str, str]) -> v1.Metrics:
 
 
 def _v1_memory(m: v1.Metrics, d: str) -> None:
-    stat = _kv(f"{d}/memory.stat")
+    stat = read_kv(f"{d}/memory.stat")
     for key, field in _V1_MEMORY_STAT.items():
         if key in stat:
             setattr(m.memory, field, stat[key])
@@ -120,7 +112,7 @@ def _v1_memory(m: v1.Metrics, d: str) -> None:
         e.limit = _int(f"{d}/{prefix}.limit_in_bytes")
         e.max = _int(f"{d}/{prefix}.max_usage_in_bytes")
         e.failcnt = _int(f"{d}/{prefix}.failcnt")
-    oom = _kv(f"{d}/memory.oom_control")
+    oom = read_kv(f"{d}/memory.oom_control")
     m.memory_oom_control.oom_kill_disable = oom.get("oom_kill_disable", 0)
     m.memory_oom_control.under_oom = oom.get("under_oom", 0)
     m.memory_oom_control.oom_kill = oom.get("oom_kill", 0)
@@ -130,11 +122,11 @@ def _v1_cpu(m: v1.Metrics, cpuacct: str, cpu: str) -> None:
     if cpuacct:
         m.cpu.usage.total = _int(f"{cpuacct}/cpuacct.usage")
         m.cpu.usage.per_cpu.extend(int(x) for x in _text(f"{cpuacct}/cpuacct.usage_percpu").split())
-        stat = _kv(f"{cpuacct}/cpuacct.stat")
+        stat = read_kv(f"{cpuacct}/cpuacct.stat")
         m.cpu.usage.user = stat.get("user", 0) * 10**9 // _TICKS
         m.cpu.usage.kernel = stat.get("system", 0) * 10**9 // _TICKS
     if cpu:
-        stat = _kv(f"{cpu}/cpu.stat")
+        stat = read_kv(f"{cpu}/cpu.stat")
         m.cpu.throttling.periods = stat.get("nr_periods", 0)
         m.cpu.throttling.throttled_periods = stat.get("nr_throttled", 0)
         m.cpu.throttling.throttled_time = stat.get("throttled_time", 0)
@@ -163,7 +155,7 @@ def collect_v2(d: str) -> v2.Metrics:
     m = v2.Metrics()
     m.pids.current = _int(f"{d}/pids.current")
     m.pids.limit = 0 if _text(f"{d}/pids.max").strip() in ("max", "") else _int(f"{d}/pids.max")
-    cpu = _kv(f"{d}/cpu.stat")
+    cpu = read_kv(f"{d}/cpu.stat")
     for field in (
         "usage_usec",
         "user_usec",
@@ -175,7 +167,7 @@ def collect_v2(d: str) -> v2.Metrics:
         "burst_usec",
     ):
         setattr(m.cpu, field, cpu.get(field, 0))
-    stat = _kv(f"{d}/memory.stat")
+    stat = read_kv(f"{d}/memory.stat")
     for field in _V2_MEMORY_STAT:
         if field in stat:
             setattr(m.memory, field, stat[field])
@@ -184,7 +176,7 @@ def collect_v2(d: str) -> v2.Metrics:
     m.memory.max_usage = _int(f"{d}/memory.peak")
     m.memory.swap_usage = _int(f"{d}/memory.swap.current")
     m.memory.swap_limit = _int(f"{d}/memory.swap.max")
-    events = _kv(f"{d}/memory.events")
+    events = read_kv(f"{d}/memory.events")
     for field in ("low", "high", "max", "oom", "oom_kill", "oom_group_kill"):
         setattr(m.memory_events, field, events.get(field, 0))
     for line in _text(f"{d}/io.stat").splitlines():

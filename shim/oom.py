@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from pyoci.runtime.cgroups import Manager
+from pyoci.runtime.cgroups.base import read_kv
 
 log = logging.getLogger("pyoci.shim")
 
@@ -38,15 +39,7 @@ class _Watch:
 
 def oom_kills(path: str) -> int:
     """The ``oom_kill`` counter of a memory.oom_control or memory.events file (0 if absent)."""
-    try:
-        with open(path) as f:
-            for line in f:
-                key, _, value = line.partition(" ")
-                if key == "oom_kill":
-                    return int(value)
-    except (OSError, ValueError):
-        pass
-    return 0
+    return read_kv(path).get("oom_kill", 0)
 
 
 class OOMWatcher:

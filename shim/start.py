@@ -83,7 +83,7 @@ def _listen(path: str) -> _socket.socket | None:
     raise OSError(errno.EADDRINUSE, f"cannot create socket {path}")
 
 
-def _write_atomic(path: str, data: str) -> None:
+def write_atomic(path: str, data: str) -> None:
     tmp = f"{path}.{os.getpid()}.tmp"
     with open(tmp, "w") as f:
         f.write(data)
@@ -104,7 +104,7 @@ def start(flags) -> int:
         print(f"start: create socket {path}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     if listener is None:
-        _write_atomic(os.path.join(bundle, "address"), address)
+        write_atomic(os.path.join(bundle, "address"), address)
         sys.stdout.write(address)
         return 0
     sys.stdout.flush()
@@ -116,7 +116,7 @@ def start(flags) -> int:
         _spawn_template(flags)
     listener.close()
     try:
-        _write_atomic(os.path.join(bundle, "address"), address)  # (shim.pid is written by the daemon itself)
+        write_atomic(os.path.join(bundle, "address"), address)  # (shim.pid is written by the daemon itself)
         _raise_oom_score(pid)
     except OSError as exc:
         os.kill(pid, 9)

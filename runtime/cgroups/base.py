@@ -34,6 +34,20 @@ def read(path: str) -> str:
         return f.read()
 
 
+def read_kv(path: str) -> dict[str, int]:
+    """A "key value" file (memory.stat, cpu.stat, memory.events, ...); missing file → {}, odd lines skipped."""
+    try:
+        text = read(path)
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].lstrip("-").isdigit():
+            out[parts[0]] = int(parts[1])
+    return out
+
+
 def read_pids(path: str) -> list[int]:
     try:
         return [int(line) for line in read(path).split()]
