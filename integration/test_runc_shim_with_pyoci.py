@@ -58,15 +58,10 @@ def test_detached_exec_ps_pause_resume_kill(ctr, run, container_id):
 
 
 def test_sigkill_from_outside_gives_137(ctr, busybox_image, container_id):
-    runner = ctr.popen("run", "--runc-binary", PYOCI, "--rm", busybox_image, container_id, "sleep", "1000")
-    try:
+    with ctr.background("run", "--runc-binary", PYOCI, "--rm", busybox_image, container_id, "sleep", "1000") as runner:
         wait_status(ctr, container_id, "RUNNING")
         ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
         assert runner.wait(20) == 137
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-        runner.wait()
 
 
 def test_bad_binary_is_reported(run):
@@ -84,7 +79,7 @@ def test_the_runtime_state_is_pyocis(ctr, run, container_id):
 
 def test_terminal_through_the_console_socket(ctr, containerd, busybox_image, container_id):
     # containerd's runc shim passes --console-socket; pyoci hands the pty master over it as runc does
-    from integration.test_terminal import under_a_terminal
+    from integration.test_terminal import screen_lines, under_a_terminal
 
     result = under_a_terminal(
         ctr,
@@ -100,5 +95,4 @@ def test_terminal_through_the_console_socket(ctr, containerd, busybox_image, con
         "-c",
         "sleep 1; tty; stty size",
     )
-    lines = [line for line in result.stdout.replace("\x00", "").replace("^@", "").splitlines() if line.strip()]
-    assert lines == ["/dev/pts/0", "30 100"], result
+    assert screen_lines(result) == ["/dev/pts/0", "30 100"], result

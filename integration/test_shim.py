@@ -106,19 +106,13 @@ def test_exit_status(run, runtime):
 
 @BOTH
 def test_sigkill_from_outside_gives_137(ctr, busybox_image, container_id, runtime):
-    runner = ctr.popen(
-        "run", "--runtime", runtime, "--rm", busybox_image, container_id, "sh", "-c", "kill -9 $$; sleep 1000"
-    )
-    try:
+    run = ("run", "--runtime", runtime, "--rm", busybox_image, container_id, "sh", "-c", "kill -9 $$; sleep 1000")
+    with ctr.background(*run) as runner:
         ctr.wait_task_status(container_id, "RUNNING")
         time.sleep(0.2)
         assert ctr.task_status(container_id) == "RUNNING"  # kill -9 $$ inside: a pid-1 shell ignores it
         ctr("tasks", "kill", "--signal", "SIGKILL", container_id)
         assert runner.wait(20) == 137
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-        runner.wait()
 
 
 def test_missing_binary_is_a_clear_error_and_leaves_nothing(run, containerd, ctr, container_id):
@@ -186,26 +180,12 @@ def assert_valid_event_order(events, cid: str, exec_ids: list[str], init_status:
 
 @BOTH
 def test_sigterm_to_a_shell_with_a_trap_exits_143(ctr, busybox_image, container_id, runtime):
-    runner = ctr.popen(
-        "run",
-        "--runtime",
-        runtime,
-        "--rm",
-        busybox_image,
-        container_id,
-        "sh",
-        "-c",
-        "trap 'exit 143' TERM; while :; do sleep 0.1; done",
-    )
-    try:
+    trap = "trap 'exit 143' TERM; while :; do sleep 0.1; done"
+    with ctr.background("run", "--runtime", runtime, "--rm", busybox_image, container_id, "sh", "-c", trap) as runner:
         ctr.wait_task_status(container_id, "RUNNING")
         time.sleep(0.3)
         ctr("tasks", "kill", "--signal", "SIGTERM", container_id)
         assert runner.wait(20) == 143
-    finally:
-        if runner.poll() is None:
-            runner.kill()
-        runner.wait()
 
 
 def test_paused_task_refuses_exec_and_resumes(run, ctr, container_id):

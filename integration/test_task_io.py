@@ -25,6 +25,15 @@ echo done > "$dir/finished"
 """
 
 
+@pytest.fixture
+def logger(tmp_path) -> Path:
+    """The logging binary above, as an executable file."""
+    path = tmp_path / "logger.sh"
+    path.write_text(LOGGER)
+    path.chmod(0o755)
+    return path
+
+
 def _alive(pid: int) -> bool:
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
@@ -61,10 +70,7 @@ def test_file_log_uri_appends_both_streams(ctr, busybox_image, container_id, run
 
 
 @BOTH
-def test_binary_log_uri_runs_the_logger_with_fds_3_4_5(ctr, busybox_image, container_id, runtime, tmp_path):
-    logger = tmp_path / "logger.sh"
-    logger.write_text(LOGGER)
-    logger.chmod(0o755)
+def test_binary_log_uri_runs_the_logger_with_fds_3_4_5(ctr, busybox_image, container_id, runtime, tmp_path, logger):
     out = tmp_path / "out"
     out.mkdir()
     result = ctr(
@@ -92,12 +98,9 @@ def test_binary_log_uri_runs_the_logger_with_fds_3_4_5(ctr, busybox_image, conta
     assert not _alive(int(pid)), "the logging binary outlived its task"
 
 
-def test_no_logger_or_fd_leaks_over_many_runs(ctr, busybox_image, container_id, containerd, tmp_path):
+def test_no_logger_or_fd_leaks_over_many_runs(ctr, busybox_image, container_id, containerd, tmp_path, logger):
     """Many tasks with binary logging, one after another, through one long-lived (grouped) shim: its fd
     count must not grow and no logging binary may survive its task."""
-    logger = tmp_path / "logger.sh"
-    logger.write_text(LOGGER)
-    logger.chmod(0o755)
     anchor = f"{container_id}-anchor"
     annotation = ["--annotation", f"io.containerd.runc.v2.group={container_id}"]
     ctr("run", "-d", "--runtime", PYOCI, *annotation, busybox_image, anchor, "sleep", "1000")

@@ -36,6 +36,11 @@ def under_a_terminal(ctr, containerd, *args: str, rows: int = 30, cols: int = 10
     return subprocess.CompletedProcess(args, runner.returncode, out.replace("\r", ""), err)
 
 
+def screen_lines(result: subprocess.CompletedProcess) -> list[str]:
+    """The non-empty lines the terminal showed (without the NULs it echoes, raw or as ^@)."""
+    return [line for line in result.stdout.replace("\x00", "").replace("^@", "").splitlines() if line.strip()]
+
+
 @BOTH
 def test_run_with_a_terminal(ctr, containerd, busybox_image, container_id, runtime):
     result = under_a_terminal(
@@ -52,7 +57,7 @@ def test_run_with_a_terminal(ctr, containerd, busybox_image, container_id, runti
         "-c",
         "sleep 1; tty; stty size; exit 7",
     )
-    lines = [line for line in result.stdout.replace("\x00", "").replace("^@", "").splitlines() if line.strip()]
+    lines = screen_lines(result)
     assert lines == ["/dev/pts/0", "30 100"], result
     assert result.returncode == 7
 
@@ -76,7 +81,7 @@ def test_exec_with_a_terminal(ctr, containerd, busybox_image, container_id, runt
         rows=12,
         cols=34,
     )
-    lines = [line for line in result.stdout.replace("\x00", "").replace("^@", "").splitlines() if line.strip()]
+    lines = screen_lines(result)
     assert lines[0].startswith("/dev/pts/") and lines[1:] == ["12 34"], result
 
 

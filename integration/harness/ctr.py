@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 
@@ -38,6 +40,17 @@ class Ctr:
         if check and result.returncode != 0:
             raise CtrError(f"ctr {' '.join(args)} exited {result.returncode}:\n{result.stdout}{result.stderr}")
         return result
+
+    @contextlib.contextmanager
+    def background(self, *args: str) -> Iterator[subprocess.Popen[str]]:
+        """``ctr ARGS`` running in the background; ended by its pid when the block is left."""
+        runner = self.popen(*args)
+        try:
+            yield runner
+        finally:
+            if runner.poll() is None:
+                runner.kill()
+            runner.wait()
 
     def popen(self, *args: str, **kwargs) -> subprocess.Popen[str]:
         kwargs.setdefault("stdout", subprocess.PIPE)
