@@ -57,22 +57,37 @@ class FrameDecoder:
         return len(self._buf)
 
     def feed(self, data: bytes) -> list[Frame]:
+        """Take ``data`` and return every frame now complete."""
+        self.receive(data)
+        frames: list[Frame] = []
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
+        return frames
+
+    def receive(self, data: bytes) -> None:
+        """Take ``data``; frames are then taken one at a time with :meth:`next_frame` (so that a reader
+        applying backpressure holds at most one read's worth of undecoded frames)."""
         if self._broken:
             raise ProtocolError(self._broken)
         self._buf += data
-        frames: list[Frame] = []
-        while len(self._buf) >= HEADER_SIZE:
-            length, stream_id, ftype, flags = HEADER.unpack_from(self._buf)
-            problem = self._check_header(length, stream_id, ftype)
-            if problem:
-                self._broken = problem
-                raise ProtocolError(problem)
-            end = HEADER_SIZE + length
-            if len(self._buf) < end:
-                break
-            frames.append(Frame(stream_id, FrameType(ftype), bytes(self._buf[HEADER_SIZE:end]), flags))
-            del self._buf[:end]
-        return frames
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame, or None until more bytes arrive."""
+        if self._broken:
+            raise ProtocolError(self._broken)
+        if len(self._buf) < HEADER_SIZE:
+            return None
+        length, stream_id, ftype, flags = HEADER.unpack_from(self._buf)
+        problem = self._check_header(length, stream_id, ftype)
+        if problem:
+            self._broken = problem
+            raise ProtocolError(problem)
+        end = HEADER_SIZE + length
+        if len(self._buf) < end:
+            return None
+        frame = Frame(stream_id, FrameType(ftype), bytes(self._buf[HEADER_SIZE:end]), flags)
+        del self._buf[:end]
+        return frame
 
     def _check_header(self, length: int, stream_id: int, ftype: int) -> str | None:
         if length > self._max:

@@ -3,6 +3,13 @@
 Services are registered from protobuf service descriptors: each RPC ``M`` of the service calls
 ``await impl.M(request, context)``; an RPC the object lacks answers Unimplemented. A handler signals
 failure by raising :class:`TtrpcError`; anything else becomes Unknown (and is logged).
+
+Each connection is bounded, whatever its peer does. Like containerd/ttrpc (whose connection loop writes
+each response before taking the next, so a peer that does not read stops being read), a connection stops
+reading while its unsent responses exceed a high-water mark; and it has at most ``max_in_flight``
+requests being handled or answered: a request beyond that is answered ResourceExhausted at once (not
+queued, so that long calls such as Wait can never starve a Kill behind them). A frame that breaks the
+framing (garbage, oversized) closes that connection only.
 """
 
 from __future__ import annotations
@@ -31,6 +38,9 @@ log = logging.getLogger("pyoci.ttrpc")
 
 Handler = Callable[[Message, "Context"], Awaitable[Message]]
 
+MAX_IN_FLIGHT = 1024  # requests handled or being answered at once, per connection
+HIGH_WATER = 256 << 10  # bytes of unsent responses above which a connection stops reading
+
 
 @dataclass(slots=True)
 class Context:
@@ -53,11 +63,20 @@ class _Method:
 
 
 class Server:
-    def __init__(self, *, require_same_user: bool = True, read_size: int = 65536) -> None:
+    def __init__(
+        self,
+        *,
+        require_same_user: bool = True,
+        read_size: int = 65536,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        high_water: int = HIGH_WATER,
+    ) -> None:
         self._methods: dict[tuple[str, str], _Method] = {}
         self._services: set[str] = set()
         self._require_same_user = require_same_user
         self._read_size = read_size
+        self._max_in_flight = max_in_flight
+        self._high_water = high_water
         self._server: asyncio.base_events.Server | None = None
         self._connections: set[asyncio.Task[None]] = set()
 
@@ -98,6 +117,10 @@ class Server:
                 log.warning("ttrpc: refusing a connection from another user")
                 return
             await self._serve(reader, writer)
+        except asyncio.CancelledError:
+            # close() cancels connections; end quietly: asyncio 3.11's done-callback for a connection
+            # task calls task.exception(), which on a cancelled task logs a CancelledError traceback.
+            pass
         finally:
             self._connections.discard(task)
             writer.close()
@@ -108,23 +131,31 @@ class Server:
         decoder = FrameDecoder()
         streams = ServerStreams()
         calls: set[asyncio.Task[None]] = set()
+        writer.transport.set_write_buffer_limits(high=self._high_water)
         try:
-            while data := await reader.read(self._read_size):
+            while True:
+                await writer.drain()  # backpressure: read nothing more while answers pile up unread
+                data = await reader.read(self._read_size)
+                if not data:
+                    return
                 try:
-                    frames = decoder.feed(data)
+                    decoder.receive(data)
+                    while (frame := decoder.next_frame()) is not None:
+                        if frame.type != FrameType.REQUEST:
+                            continue  # unary only: stray data frames are ignored, as ttrpc ignores unknown ones
+                        refused = streams.accept(frame.stream_id)
+                        if refused:
+                            await _refuse(writer, frame.stream_id, Code.INVALID_ARGUMENT, refused)
+                        elif len(calls) >= self._max_in_flight:
+                            busy = f"more than {self._max_in_flight} requests in flight on this connection"
+                            await _refuse(writer, frame.stream_id, Code.RESOURCE_EXHAUSTED, busy)
+                        else:
+                            call = asyncio.create_task(self._call(frame, writer))
+                            calls.add(call)
+                            call.add_done_callback(calls.discard)
                 except ProtocolError as exc:
                     log.warning("ttrpc: closing connection: %s", exc)
                     return
-                for frame in frames:
-                    if frame.type != FrameType.REQUEST:
-                        continue  # unary only: stray data frames are ignored, as ttrpc ignores unknown ones
-                    refused = streams.accept(frame.stream_id)
-                    if refused:
-                        _send(writer, frame.stream_id, _status_response(Code.INVALID_ARGUMENT, refused))
-                        continue
-                    call = asyncio.create_task(self._call(frame, writer))
-                    calls.add(call)
-                    call.add_done_callback(calls.discard)
         except (ConnectionError, OSError) as exc:
             log.debug("ttrpc: connection lost: %s", exc)
         finally:
@@ -134,6 +165,8 @@ class Server:
             await asyncio.gather(*calls, return_exceptions=True)
 
     async def _call(self, frame: Frame, writer: asyncio.StreamWriter) -> None:
+        """Handle one request and answer it; the call counts as in flight until its answer is handed to a
+        write buffer below the high-water mark."""
         response = await self._dispatch(frame.payload)
         if writer.is_closing():
             return
@@ -182,6 +215,11 @@ class Server:
 
 def _status_response(code: Code, message: str) -> ttrpc_request_pb2.Response:
     return ttrpc_request_pb2.Response(status=google_rpc_status_pb2.Status(code=int(code), message=message))
+
+
+async def _refuse(writer: asyncio.StreamWriter, stream_id: int, code: Code, message: str) -> None:
+    _send(writer, stream_id, _status_response(code, message))
+    await writer.drain()
 
 
 def _send(writer: asyncio.StreamWriter, stream_id: int, response: Any) -> None:

@@ -89,3 +89,15 @@ def test_any_valid_frame_sequence_round_trips(specs):
     frames = [Frame(sid, ftype, payload) for sid, ftype, payload in specs]
     wire = b"".join(encode_frame(f) for f in frames)
     assert FrameDecoder().feed(wire) == frames
+
+
+def test_frames_are_taken_one_at_a_time_after_receive():
+    frames = [Frame(1, FrameType.REQUEST, b"a"), Frame(3, FrameType.REQUEST, b"bb")]
+    wire = b"".join(encode_frame(f) for f in frames)
+    decoder = FrameDecoder()
+    decoder.receive(wire[:-1])
+    assert decoder.next_frame() == frames[0]
+    assert decoder.next_frame() is None  # the second one is one byte short
+    decoder.receive(wire[-1:])
+    assert decoder.next_frame() == frames[1]
+    assert decoder.next_frame() is None and decoder.buffered == 0
