@@ -204,32 +204,26 @@ def _check_terminal(terminal: bool, console_socket: str) -> None:
 
 
 def cmd_create(args) -> int:
-    from .container import Container, CreateOptions
+    from .container import Container
     from .spec import load_spec
 
     spec = load_spec(args.bundle)
     _check_terminal(bool(spec.process and spec.process.terminal), args.console_socket)
-    options = CreateOptions(no_pivot=args.no_pivot, no_new_keyring=args.no_new_keyring, pid_file=args.pid_file or None)
-    container = Container.create(_store(args), args.id, args.bundle, options)
+    container = Container.create(_store(args), args.id, args.bundle, _create_options(args))
     _send_console(args.console_socket, container.console)
     return 0
 
 
 def cmd_run(args) -> int:
     from . import kernel
-    from .container import Container, CreateOptions
+    from .container import Container
     from .spec import load_spec
 
     spec = load_spec(args.bundle)
     _check_terminal(bool(spec.process and spec.process.terminal), args.console_socket)
     if not args.detach:
         kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
-    container = Container.create(
-        _store(args),
-        args.id,
-        args.bundle,
-        CreateOptions(no_pivot=args.no_pivot, no_new_keyring=args.no_new_keyring, pid_file=args.pid_file or None),
-    )
+    container = Container.create(_store(args), args.id, args.bundle, _create_options(args))
     _send_console(args.console_socket, container.console)
     container.start()
     if args.detach:
@@ -237,6 +231,31 @@ def cmd_run(args) -> int:
     status = _wait_forwarding_signals(container.state.pid)
     container.delete(force=True)
     return status
+
+
+def _create_options(args):
+    from .container import CreateOptions
+
+    return CreateOptions(
+        no_pivot=args.no_pivot,
+        no_new_keyring=args.no_new_keyring,
+        pid_file=args.pid_file or None,
+        preserve_fds=_preserved_fds(args.preserve_fds),
+    )
+
+
+def _preserved_fds(requested: int) -> int:
+    """How many fds from 3 on pass into the container: --preserve-fds, plus systemd's LISTEN_FDS sockets
+    (runc passes those on too). Every other fd of the caller is closed at the container's execve."""
+    from .errors import ConfigError
+
+    if requested < 0:
+        raise ConfigError("--preserve-fds", f"must not be negative, got {requested}", source="pyoci")
+    try:
+        listen = int(os.environ.get("LISTEN_FDS", "0"))
+    except ValueError:
+        listen = 0
+    return max(requested, listen if listen > 0 else 0)
 
 
 def _wait_forwarding_signals(pid: int) -> int:
@@ -289,6 +308,7 @@ def cmd_delete(args) -> int:
         container = _load(args)
     except NotFound:
         if args.force:
+            _store(args).remove(args.id)  # a create killed before its first state write leaves only the dir
             return 0
         raise
     container.delete(force=args.force)
@@ -339,7 +359,7 @@ def cmd_exec(args) -> int:
     _check_terminal(process.terminal, args.console_socket)
     if not args.detach:
         kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
-    pid, console = container.exec(process)
+    pid, console = container.exec(process, preserve_fds=_preserved_fds(args.preserve_fds))
     _send_console(args.console_socket, console)
     if args.pid_file:
         from .container import _write_pid_file

@@ -38,6 +38,7 @@ class CreateOptions:
     no_pivot: bool = False
     no_new_keyring: bool = False
     pid_file: str | None = None
+    preserve_fds: int = 0  # the caller's fds 3 .. 3+N-1 stay open in the init (runc's --preserve-fds)
 
 
 class Container:
@@ -84,6 +85,15 @@ class Container:
         rootfs = spec.root.path if spec.root.path.startswith("/") else os.path.join(bundle, spec.root.path)
         if not os.path.isdir(rootfs):
             raise ConfigError("root.path", f"{rootfs} is not a directory")
+        if os.path.realpath(rootfs) == "/":
+            raise ConfigError(
+                "root.path", f"{spec.root.path} resolves to the host's / (a container needs a rootfs of its own)"
+            )
+        if spec.linux.namespace("mount") is None:
+            raise ConfigError(
+                "linux.namespaces",
+                "a container needs a mount namespace (new, or joined by path): its mounts would change the host's",
+            )
         store.create(container_id)
         container = cls(
             store,
@@ -98,6 +108,9 @@ class Container:
         )
         container._spec = spec
         try:
+            # the state is on disk before anything is made, so that a create killed half-way can be deleted
+            container.state.cgroup_owned = not container.cgroup.exists()
+            store.save(container.state)
             container._create(spec, options)
         except BaseException:
             container._undo_create()
@@ -107,7 +120,7 @@ class Container:
     def _create(self, spec: Spec, options: CreateOptions) -> None:
         assert spec.process is not None
         cgroup = self.cgroup
-        cgroup.create()
+        cgroup.create()  # idempotent: an existing cgroup is joined, never removed or killed (cgroup_owned)
         self.state.cgroup_paths = cgroup.paths()
         for warning in cgroup.apply(spec.linux.resources):
             log.warning("%s: %s", self.id, warning)
@@ -172,6 +185,7 @@ class Container:
             no_pivot=options.no_pivot,
             new_keyring="" if options.no_new_keyring else f"_ses.{self.id}",
             terminal=spec.process.terminal,
+            preserve_fds=options.preserve_fds,
         )
 
     def _runtime_hooks(self, pid: int) -> dict:
@@ -184,7 +198,7 @@ class Container:
 
     def _undo_create(self) -> None:
         try:
-            if self._cgroup is not None:
+            if self._cgroup is not None and self.state.cgroup_owned:
                 self._cgroup.destroy_all()
         except PyociError as exc:
             log.error("%s: cleaning up the cgroup after a failed create: %s", self.id, exc)
@@ -242,24 +256,34 @@ class Container:
             self.state.started = True
             self.store.save(self.state)
         self.close_init_channel()
-        try:
-            run_hooks("poststart", self.spec.hooks.poststart, self.oci_state())
-        except PyociError as exc:
-            log.warning("%s: %s", self.id, exc)
+        run_hooks("poststart", self.spec.hooks.poststart, self.oci_state(), on_error=self._warn)
 
     def kill(self, sig: int, all_processes: bool = False) -> None:
         status = self.status()
         if status == STOPPED and not all_processes:
             raise InvalidState(f"container {self.id} is not running")
-        if all_processes:
+        if all_processes and self.state.cgroup_owned:
             self.cgroup.kill_all(sig)
             return
         try:
             os.kill(self.state.pid, sig)
         except ProcessLookupError:
+            if all_processes:
+                return
             raise InvalidState(f"container {self.id} is not running") from None
-        if sig == signal.SIGKILL and status == PAUSED:
+        if sig == signal.SIGKILL and status == PAUSED and self.state.cgroup_owned:
             self.cgroup.thaw()
+
+    def kill_rest(self) -> None:
+        """SIGKILL what is left of the container: every process of its cgroup when pyoci made that cgroup and
+        the container shares a pid namespace (runc's rule: with a pid namespace of its own, the init's death
+        took everything else with it); never the processes of a cgroup pyoci joined."""
+        if self.state.cgroup_owned and (self.state.pid == 0 or not self.spec_has_own_pid_namespace()):
+            self.cgroup.kill_all(signal.SIGKILL)
+
+    def spec_has_own_pid_namespace(self) -> bool:
+        ns = self.spec.linux.namespace("pid")
+        return ns is not None and not ns.path
 
     def delete(self, force: bool = False) -> None:
         with self.store.lock(self.id):
@@ -267,17 +291,25 @@ class Container:
             if status in (RUNNING, PAUSED) and not force:
                 raise InvalidState(f"container {self.id} is {status}: stop it first or use --force")
             if status != STOPPED:
-                self.cgroup.kill_all(signal.SIGKILL)
                 if self.init_alive():
                     os.kill(self.state.pid, signal.SIGKILL)
+                self.kill_rest()
+                if self.state.cgroup_owned and self.cgroup.exists() and self.cgroup.frozen():
+                    self.cgroup.thaw()
                 _wait_gone(self.state.pid, self.state.pid_start)
-            self.cgroup.destroy_all()
+            else:
+                self.kill_rest()
+            if self.state.cgroup_owned:
+                self.cgroup.destroy_all()
             self.close_init_channel()
         try:
-            run_hooks("poststop", self.spec.hooks.poststop, self.oci_state(status=STOPPED))
-        except (PyociError, OSError) as exc:
+            run_hooks("poststop", self.spec.hooks.poststop, self.oci_state(status=STOPPED), on_error=self._warn)
+        except (PyociError, OSError) as exc:  # the bundle's config.json may be gone by now
             log.warning("%s: %s", self.id, exc)
         self.store.remove(self.id)
+
+    def _warn(self, exc: Exception) -> None:
+        log.warning("%s: %s", self.id, exc)
 
     def pause(self) -> None:
         with self.store.lock(self.id):
@@ -302,7 +334,9 @@ class Container:
     def pids(self) -> list[int]:
         return self.cgroup.pids()
 
-    def exec(self, process: Process, stdio: tuple[int, int, int] | None = None) -> tuple[int, int | None]:
+    def exec(
+        self, process: Process, stdio: tuple[int, int, int] | None = None, preserve_fds: int = 0
+    ) -> tuple[int, int | None]:
         """Start ``process`` inside the running container; returns its pid once it has exec'd, and the
         master of its pty when ``process.terminal``."""
         status = self.status()
@@ -331,8 +365,8 @@ class Container:
                 caps=security.cap_sets(process.capabilities, security.host_bounding_set()),
                 rlimits=security.rlimits(process),
                 seccomp=compile_filter(spec.linux.seccomp) if spec.linux.seccomp else None,
-                setsid=True,
                 terminal=process.terminal,
+                preserve_fds=preserve_fds,
             )
             return proc.spawn_exec(plan, self.cgroup.add)
         finally:

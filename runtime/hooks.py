@@ -2,23 +2,35 @@
 
 prestart/createRuntime/poststart/poststop run in the runtime's namespaces (the parent);
 createContainer/startContainer run inside the container's namespaces (the container process itself).
-A failing hook aborts create/start with its kind, path and exit status in the message; poststop
-failures are only warnings (the container is gone already).
+A failing prestart/createRuntime/createContainer/startContainer hook aborts create/start with its kind,
+path and exit status in the message; a failing poststart or poststop hook is a warning, and the
+remaining hooks still run (runtime-spec 1.1: "the runtime MUST log a warning").
 """
 
 from __future__ import annotations
 
 import json
 import subprocess
+from collections.abc import Callable
 
 from .errors import HookError
 from .spec import Hook
 
 
-def run_hooks(kind: str, hooks: tuple[Hook, ...], state: dict) -> None:
+def run_hooks(
+    kind: str, hooks: tuple[Hook, ...], state: dict, *, on_error: Callable[[HookError], None] | None = None
+) -> None:
+    """Run ``hooks`` in order; the first failure raises, unless ``on_error`` takes it and the rest run."""
+    if not hooks:
+        return
     payload = json.dumps(state).encode()
     for hook in hooks:
-        run_hook(kind, hook, payload)
+        try:
+            run_hook(kind, hook, payload)
+        except HookError as exc:
+            if on_error is None:
+                raise
+            on_error(exc)
 
 
 def run_hook(kind: str, hook: Hook, payload: bytes) -> None:

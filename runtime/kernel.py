@@ -70,6 +70,7 @@ NAMESPACE_FILES = {
 
 # prctl options
 PR_SET_PDEATHSIG = 1
+PR_SET_DUMPABLE = 4
 PR_SET_KEEPCAPS = 8
 PR_CAPBSET_READ = 23
 PR_CAPBSET_DROP = 24
@@ -87,6 +88,8 @@ _SYSCALLS = {
     "setns": (308, 268),
     "unshare": (272, 97),
     "keyctl": (250, 219),
+    "close_range": (436, 436),
+    "openat2": (437, 437),
 }
 _ARCH_GENERIC = platform.machine() != "x86_64"
 
@@ -198,3 +201,60 @@ def last_cap() -> int:
             return int(f.read())
     except OSError:
         return 40
+
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+
+
+def close_range_cloexec(first: int, last: int = 0xFFFFFFFF) -> None:
+    """Mark every fd in [first, last] close-on-exec (close_range(2) with CLOSE_RANGE_CLOEXEC); where the kernel
+    lacks it (< 5.11), walk /proc/self/fd instead."""
+    if first > last:
+        return
+    if (
+        _libc.syscall(_nr("close_range"), ctypes.c_uint(first), ctypes.c_uint(last), ctypes.c_uint(CLOSE_RANGE_CLOEXEC))
+        == 0
+    ):
+        return
+    import fcntl
+
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if first <= fd <= last:
+            try:
+                fcntl.fcntl(fd, fcntl.F_SETFD, fcntl.fcntl(fd, fcntl.F_GETFD) | fcntl.FD_CLOEXEC)
+            except OSError:
+                pass  # the fd listing /proc/self/fd itself, closed by now
+
+
+# openat2(2): resolution confined to a directory
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int, mode: int = 0) -> int:
+    how = _OpenHow(flags | os.O_CLOEXEC, mode, resolve)
+    return _check(
+        _libc.syscall(
+            _nr("openat2"), ctypes.c_int(dirfd), _b(path), ctypes.byref(how), ctypes.c_size_t(ctypes.sizeof(how))
+        ),
+        "openat2",
+        path,
+    )
+
+
+PROC_SUPER_MAGIC = 0x9FA0
+
+
+def fs_type(fd: int) -> int:
+    """f_type of fstatfs(2) on ``fd`` (PROC_SUPER_MAGIC for procfs)."""
+    buf = ctypes.create_string_buffer(128)  # struct statfs is 120 bytes on 64-bit; f_type comes first
+    _check(_libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs")
+    return ctypes.c_long.from_buffer(buf).value

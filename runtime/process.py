@@ -1,28 +1,32 @@
 """Creating container processes: the fork protocol between the runtime (parent) and the new process.
 
 Everything that can be computed or validated is done in the parent, into a :class:`Plan`; the child
-only makes syscalls, in one linear sequence, and reports failures through a SEQPACKET socket as
-``{"t": "error", "step", "errno", "detail"}``. The child never returns into the caller's code (it
-ends in ``execve`` or ``os._exit``), uses no asyncio and takes no locks, so forking from the shim's
-single-threaded event loop is safe.
+only makes syscalls, in one linear sequence, and reports a failure as an :class:`Error` (step + errno).
+The child never returns into the caller's code (it ends in ``execve`` or ``os._exit``), uses no asyncio
+and takes no locks, so forking from the shim's single-threaded event loop is safe. It is non-dumpable
+from its first instruction (no container process can open its /proc files: exe, environ, mem, fd) until
+``execve``, and marks every fd >= 3 close-on-exec just before it, keeping only ``preserve_fds``.
 
-Init process (``spawn_init``):
+Two children and two channels, so that the order of messages is a property of the protocol rather than of
+scheduling: A (in the runtime's namespaces) enters or creates the namespaces and forks B (which lands in
+the new pid namespace), reports B's pid on *its* channel and exits; B runs the container's setup and
+reports on *its own* channel. Each channel carries typed messages (length-prefixed JSON over a
+SOCK_STREAM socket, so a state of any size fits), in exactly this sequence (runc's sync.go, as a table):
 
-  parent                                  child A (runtime ns)          child B (container pid 1)
-  fork A ───────────────────────────────► [unshare user] "sync" ─┐
-  write id maps, put A in cgroup, "go" ◄─────────────────────────┘
-                                          setns/unshare the rest,
-                                          time offsets, fork B ───────► "pid" is sent by A, A exits
-  reap A                                                                rootfs mounts, devices
-  prestart + createRuntime hooks ◄──────────────────────────────────── "hooks"
-  "go" + state ────────────────────────────────────────────────────►  createContainer hooks, pivot_root,
-                                                                        masked/readonly paths, hostname,
-                                                                        sysctl, rlimits, caps, seccomp
-  create returns ◄───────────────────────────────────────────────────  "ready"; blocks on exec.fifo
-  (start opens exec.fifo) ─────────────────────────────────────────►  startContainer hooks, execve
+  channel  message                   from → to   meaning
+  A        Sync                      A → P       A is in its new user namespace (if any)
+  A        Go                        P → A       id maps written, A placed in the cgroup
+  A        Pid(pid)                  A → P       B forked; A exits
+  B        Hooks                     B → P       init only: mounts and devices done; P runs prestart and
+                                                 createRuntime hooks
+  B        Go(state)                 P → B       init only: the state for createContainer/startContainer hooks
+  B        Console(fd, name)         B → P       terminal only: the pty master (SCM_RIGHTS)
+  B        Ready                     B → P       init only: set up; B now blocks on exec.fifo
+  B        (EOF)                     B → P       exec only: execve succeeded (the channel is close-on-exec)
+  A or B   Error(step, errno, detail)            instead of any message above
 
-Exec process (``spawn_exec``): A joins the container's namespaces (fds opened by the parent), B applies
-the process settings and execs; the parent sees EOF on the socket when execve succeeded.
+The init holds exec.fifo's write end (close-on-exec) from ``start`` until its ``execve``: ``release`` reads
+the fifo to EOF, so ``start`` returns (and poststart hooks run) only once the user process has started.
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ import errno
 import fcntl
 import json
 import os
+import select
 import signal
 import socket
 import struct
 import termios
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import kernel as k
 from . import rootfs, security
@@ -46,6 +52,7 @@ from .spec import Process, Spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 SETUP_TIMEOUT = 60.0
+MAX_MESSAGE = 1 << 30  # one message (the state JSON may carry large annotations)
 
 
 @dataclass
@@ -70,35 +77,151 @@ class Plan:
     terminal: bool = False  # allocate a pty in the container; its master comes back as Spawned.console
     no_pivot: bool = False
     new_keyring: str = ""  # name of a new session keyring for the container ("" keeps the runtime's)
-    setsid: bool = True
+    preserve_fds: int = 0  # fds 3 .. 3+N-1 of the caller stay open in the container (runc's --preserve-fds)
+
+    @property
+    def mount_setup(self) -> bool:
+        """The container has a mount namespace of its own (new, or joined by path) to set its rootfs up in."""
+        return bool(self.new_namespaces & k.CLONE_NEWNS) or any(flag == k.CLONE_NEWNS for flag, _ in self.join)
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+@dataclass(frozen=True)
+class Sync:
+    pass
+
+
+@dataclass(frozen=True)
+class Go:
+    state: dict | None = None
+
+
+@dataclass(frozen=True)
+class Pid:
+    pid: int
+
+
+@dataclass(frozen=True)
+class Hooks:
+    pass
+
+
+@dataclass(frozen=True)
+class Console:
+    name: str
+    fd: int = -1  # travels as SCM_RIGHTS, not in the JSON
+
+
+@dataclass(frozen=True)
+class Ready:
+    pass
+
+
+@dataclass(frozen=True)
+class Error:
+    step: str
+    errno: int
+    detail: str = ""
+
+    def exception(self) -> SetupError:
+        return SetupError(self.step, self.errno, self.detail)
+
+
+Message = Sync | Go | Pid | Hooks | Console | Ready | Error
+_KINDS: dict[str, type] = {cls.__name__: cls for cls in (Sync, Go, Pid, Hooks, Console, Ready, Error)}
+_HEADER = struct.Struct("!I")
 
 
 class Channel:
-    """JSON messages over a SEQPACKET unix socket (one message per packet), optionally carrying one fd
-    (the pty master of a terminal process), which ``recv`` returns as ``msg["fd"]``."""
+    """Typed messages over one end of a SOCK_STREAM socketpair: a 4-byte length, then ``{"t": kind, ...}``
+    JSON; a :class:`Console` carries its fd as SCM_RIGHTS (received close-on-exec)."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
 
-    def send(self, fd: int | None = None, **msg: object) -> None:
-        data = json.dumps(msg).encode()
-        if fd is None:
-            self.sock.send(data)
-        else:
-            socket.send_fds(self.sock, [data], [fd])
+    def send(self, msg: Message) -> None:
+        body = {"t": type(msg).__name__, **{f.name: getattr(msg, f.name) for f in fields(msg) if f.name != "fd"}}
+        data = json.dumps(body).encode()
+        frame = _HEADER.pack(len(data)) + data
+        if isinstance(msg, Console):
+            sent = socket.send_fds(self.sock, [frame], [msg.fd])
+            frame = frame[sent:]
+        if frame:
+            self.sock.sendall(frame)
 
-    def recv(self) -> dict | None:
-        data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, 1)
-        if not data:
+    def recv(self) -> Message | None:
+        """The next message, or None at EOF. Raises TimeoutError past the socket's timeout."""
+        header, fds = self._read(_HEADER.size, with_fds=True)
+        if not header:
             return None
-        msg = json.loads(data)
-        if fds:
-            msg["fd"] = fds[0]
+        (size,) = _HEADER.unpack(header)
+        if size > MAX_MESSAGE:
+            _close_all(fds)
+            raise SetupError("container setup", errno.EMSGSIZE, f"a message of {size} bytes")
+        data, more = self._read(size)
+        fds += more
+        try:
+            body = json.loads(data)
+            cls = _KINDS[body.pop("t")]
+            if cls is Console:
+                body["fd"] = fds.pop(0)
+            msg = cls(**body)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            _close_all(fds)
+            raise SetupError("container setup", errno.EPROTO, f"a malformed message: {exc}") from None
+        _close_all(fds)
         return msg
+
+    def expect(self, kind: type, waiting_for: str = "") -> Message:
+        """The next message, which must be ``kind``; an :class:`Error` is raised as the child's failure."""
+        try:
+            msg = self.recv()
+        except TimeoutError:
+            raise SetupError("container setup", errno.ETIMEDOUT, f"no {kind.__name__} from the child") from None
+        if isinstance(msg, kind):
+            return msg
+        if isinstance(msg, Console):
+            os.close(msg.fd)
+        if isinstance(msg, Error):
+            raise msg.exception()
+        if msg is None:
+            what = waiting_for or "the container process exited during setup"
+            raise SetupError("container setup", errno.EPIPE, what)
+        raise SetupError("container setup", errno.EPROTO, f"expected {kind.__name__}, got {msg!r}")
+
+    def _read(self, size: int, with_fds: bool = False) -> tuple[bytes, list[int]]:
+        chunks: list[bytes] = []
+        fds: list[int] = []
+        got = 0
+        while got < size:
+            ancillary = socket.CMSG_SPACE(4 * 4) if with_fds else 0
+            data, anc, _flags, _addr = self.sock.recvmsg(size - got, ancillary, socket.MSG_CMSG_CLOEXEC)
+            for level, kind, payload in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    usable = len(payload) - len(payload) % 4
+                    fds.extend(struct.unpack(f"{usable // 4}i", payload[:usable]))
+            if not data:
+                _close_all(fds)
+                if got:
+                    raise SetupError("container setup", errno.EPROTO, "a truncated message")
+                return b"", []
+            chunks.append(data)
+            got += len(data)
+        return b"".join(chunks), fds
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _close_all(fds: list[int]) -> None:
+    for fd in fds:
+        os.close(fd)
 
 
 def _pair() -> tuple[Channel, Channel]:
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     return Channel(a), Channel(b)
 
 
@@ -108,7 +231,7 @@ def _pair() -> tuple[Channel, Channel]:
 @dataclass
 class Spawned:
     pid: int
-    channel: Channel  # stays open until the process has exec'd (init: until start)
+    channel: Channel  # B's channel; init: open until start
     console: int | None = None  # pty master of a terminal process (the caller owns it)
 
 
@@ -116,26 +239,31 @@ def _fork_container_process(
     plan: Plan, body: Callable[[Plan, Channel], None], add_to_cgroup: Callable[[int], None]
 ) -> tuple[Channel, int]:
     """The part init and exec share: fork A, let it enter the namespaces (writing the id maps and joining
-    the cgroup for it), and get the pid of B, which A forks to run ``body`` and then exits."""
-    parent, child = _pair()
+    the cgroup for it), and get the pid of B, which A forks to run ``body`` and then exits. Returns B's
+    channel and pid."""
+    parent_a, child_a = _pair()
+    parent_b, child_b = _pair()
     pid_a = os.fork()
     if pid_a == 0:
-        parent.sock.close()
-        _child(lambda: _run_a(plan, child, body))
-    child.sock.close()
+        _child(lambda: _run_a(plan, child_a, child_b, (parent_a, parent_b), body))
+    child_a.close()
+    child_b.close()
     pid_b = 0
     try:
-        parent.sock.settimeout(SETUP_TIMEOUT)
-        _expect(parent, "sync")
+        parent_a.sock.settimeout(SETUP_TIMEOUT)
+        parent_b.sock.settimeout(SETUP_TIMEOUT)
+        parent_a.expect(Sync)
         _sync_a(plan, pid_a, add_to_cgroup)
-        parent.send(t="go")
-        pid_b = int(_expect(parent, "pid")["pid"])
+        parent_a.send(Go())
+        pid_b = parent_a.expect(Pid).pid
         _reap(pid_a)
-        return parent, pid_b
+        return parent_b, pid_b
     except BaseException:
         _abort(pid_a, pid_b)
-        parent.sock.close()
+        parent_b.close()
         raise
+    finally:
+        parent_a.close()
 
 
 def spawn_init(
@@ -145,21 +273,20 @@ def spawn_init(
 ) -> Spawned:
     """Fork the container's init; returns once it waits on exec.fifo. ``run_runtime_hooks(pid)`` runs
     the prestart and createRuntime hooks and returns the state JSON for the in-container hooks."""
-    parent, pid_b = _fork_container_process(plan, _init_b, add_to_cgroup)
+    channel, pid_b = _fork_container_process(plan, _init_b, add_to_cgroup)
     console = None
     try:
-        _expect(parent, "hooks")
+        channel.expect(Hooks)
         state = run_runtime_hooks(pid_b)
-        parent.send(t="go", state=state)
-        msg = _expect(parent, "console" if plan.terminal else "ready")
-        console = msg.get("fd")
+        channel.send(Go(state=state))
         if plan.terminal:
-            _expect(parent, "ready")
-        parent.sock.settimeout(None)
-        return Spawned(pid_b, parent, console)
+            console = channel.expect(Console).fd
+        channel.expect(Ready)
+        channel.sock.settimeout(None)
+        return Spawned(pid_b, channel, console)
     except BaseException:
         _abort(0, pid_b)
-        parent.sock.close()
+        channel.close()
         if console is not None:
             os.close(console)
         raise
@@ -168,14 +295,16 @@ def spawn_init(
 def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, int | None]:
     """Fork a process into a running container; returns its pid (and its pty master if it has a terminal)
     once execve succeeded."""
-    parent, pid_b = _fork_container_process(plan, _exec_b, add_to_cgroup)
+    channel, pid_b = _fork_container_process(plan, _exec_b, add_to_cgroup)
     console = None
     try:
         if plan.terminal:
-            console = _expect(parent, "console").get("fd")
-        msg = parent.recv()  # EOF: execve closed the socket (CLOEXEC) — success
+            console = channel.expect(Console).fd
+        msg = channel.recv()  # EOF: execve closed the channel (close-on-exec) — success
+        if isinstance(msg, Error):
+            raise msg.exception()
         if msg is not None:
-            _raise_for(msg)
+            raise SetupError("container setup", errno.EPROTO, f"expected EOF after exec, got {msg!r}")
         return pid_b, console
     except BaseException:
         _abort(0, pid_b)
@@ -183,24 +312,26 @@ def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, i
             os.close(console)
         raise
     finally:
-        parent.sock.close()
+        channel.close()
 
 
-def release(spawned_fifo: str, pid: int, timeout: float | None = None) -> None:
-    """Start a created container: open exec.fifo so that its init proceeds to execve."""
-    import select
-    import time
-
-    fd = os.open(spawned_fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+def release(fifo: str, pid: int, timeout: float | None = None) -> None:
+    """Start a created container: open exec.fifo so that its init proceeds, and read it to EOF, which comes
+    when the init's close-on-exec write end closes at ``execve`` (or when the init dies: then this fails)."""
+    fd = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     try:
         deadline = None if timeout is None else time.monotonic() + timeout
         poller = select.poll()
         poller.register(fd, select.POLLIN)
+        got = b""
         while True:
             if poller.poll(100):
-                if os.read(fd, 1):
-                    return
-            if not _alive(pid):
+                data = os.read(fd, 64)
+                if data:
+                    got += data
+                elif got:
+                    break  # EOF after the init's byte: it has exec'd (or died right at the exec)
+            if not got and not _alive(pid):
                 raise SetupError("start", errno.ESRCH, f"container init {pid} exited before it was started")
             if deadline is not None and time.monotonic() > deadline:
                 raise SetupError("start", errno.ETIMEDOUT, "container init did not read exec.fifo")
@@ -214,24 +345,6 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
-
-
-def _expect(channel: Channel, kind: str) -> dict:
-    try:
-        msg = channel.recv()
-    except TimeoutError:
-        raise SetupError("container setup", errno.ETIMEDOUT, f"no {kind!r} from the child") from None
-    if msg is None:
-        raise SetupError("container setup", errno.EPIPE, "the container process exited during setup")
-    if msg.get("t") != kind:
-        _raise_for(msg)
-    return msg
-
-
-def _raise_for(msg: dict) -> None:
-    if msg.get("t") == "error":
-        raise SetupError(msg.get("step", "container setup"), int(msg.get("errno", 0)), msg.get("detail", ""))
-    raise SetupError("container setup", errno.EPROTO, f"unexpected message {msg!r}")
 
 
 def _sync_a(plan: Plan, pid_a: int, add_to_cgroup: Callable[[int], None]) -> None:
@@ -279,9 +392,11 @@ def _abort(pid_a: int, pid_b: int) -> None:
 
 
 def _child(body: Callable[[], None]) -> None:
-    """Run ``body`` in a forked child; never return."""
+    """Run ``body`` in a forked child; never return. The very first thing: become non-dumpable, so that
+    nothing in a container we join can open our /proc files (CVE-2019-5736); ``execve`` restores it."""
     code = 127
     try:
+        k.prctl(k.PR_SET_DUMPABLE, 0)
         _reset_signals()
         body()
     except BaseException:  # nothing may escape into the parent's code
@@ -306,7 +421,7 @@ def _reset_signals() -> None:
 
 
 class _Step:
-    """``with step("name", "detail"):`` turns an OSError into a SetupError naming the step."""
+    """``with _Step("name", "detail"):`` turns an OSError into a SetupError naming the step."""
 
     def __init__(self, name: str, detail: str = "") -> None:
         self.name, self.detail = name, detail
@@ -322,35 +437,57 @@ class _Step:
 
 def _report(channel: Channel, exc: BaseException) -> None:
     if isinstance(exc, SetupError):
-        msg = {"t": "error", "step": exc.step, "errno": exc.errno, "detail": exc.detail}
+        msg = Error(exc.step, exc.errno, exc.detail)
     else:
-        msg = {"t": "error", "step": "container setup", "errno": 0, "detail": f"{type(exc).__name__}: {exc}"}
+        msg = Error("container setup", 0, f"{type(exc).__name__}: {exc}")
     try:
-        channel.send(**msg)
+        channel.send(msg)
     except OSError:
         pass
 
 
-def _stdio(plan: Plan) -> None:
-    if plan.stdio is None:
-        return
-    with _Step("set up stdio"):
-        for target, fd in enumerate(plan.stdio):
-            os.dup2(fd, target)
+def _guarded(channel: Channel, body: Callable[[], None]) -> None:
+    try:
+        body()
+    except BaseException as exc:
+        _report(channel, exc)
+        raise
 
 
-def _join_and_unshare(plan: Plan, channel: Channel) -> None:
-    user = [fd for flag, fd in plan.join if flag == k.CLONE_NEWUSER]
+def _run_a(
+    plan: Plan,
+    channel: Channel,
+    channel_b: Channel,
+    parents: tuple[Channel, Channel],
+    body: Callable[[Plan, Channel], None],
+) -> None:
+    for end in parents:
+        end.close()
+    _guarded(channel, lambda: _enter_namespaces(plan, channel))
+    pid_b = os.fork()
+    if pid_b == 0:
+        channel.close()
+        _child(lambda: _guarded(channel_b, lambda: body(plan, channel_b)))
+    channel.send(Pid(pid_b))
+    os._exit(0)
+
+
+def _enter_namespaces(plan: Plan, channel: Channel) -> None:
+    _stdio(plan)
+    if plan.process.oom_score_adj is not None:
+        # here, in the runtime's namespaces: inherited by B; a non-dumpable process in a new user
+        # namespace could not open its own /proc files (they belong to the host's root)
+        with _Step("set oom_score_adj", f"/proc/self/oom_score_adj={plan.process.oom_score_adj}"):
+            _write_proc_self("oom_score_adj", str(plan.process.oom_score_adj))
     with _Step("join user namespace"):
-        for fd in user:
-            k.setns(fd, k.CLONE_NEWUSER)
+        for flag, fd in plan.join:
+            if flag == k.CLONE_NEWUSER:
+                k.setns(fd, k.CLONE_NEWUSER)
     if plan.new_user:
         with _Step("unshare user namespace"):
             k.unshare(k.CLONE_NEWUSER)
-    channel.send(t="sync")
-    msg = channel.recv()
-    if not msg or msg.get("t") != "go":
-        raise SetupError("container setup", errno.EPIPE, "the runtime went away")
+    channel.send(Sync())
+    channel.expect(Go, "the runtime went away")
     if plan.new_user:
         with _Step("become root in the user namespace"):
             os.setresgid(0, 0, 0)
@@ -363,48 +500,46 @@ def _join_and_unshare(plan: Plan, channel: Channel) -> None:
         with _Step("unshare namespaces"):
             k.unshare(plan.new_namespaces)
     if plan.time_offsets:
+        # /proc/self files of a non-dumpable process belong to the host's root: writable in a new user
+        # namespace only while dumpable. A is not in the container's pid namespace, so nothing there sees it.
         with _Step("write time offsets", "/proc/self/timens_offsets"):
-            _write("/proc/self/timens_offsets", plan.time_offsets)
+            k.prctl(k.PR_SET_DUMPABLE, 1)
+            try:
+                _write("/proc/self/timens_offsets", plan.time_offsets)
+            finally:
+                k.prctl(k.PR_SET_DUMPABLE, 0)
+
+
+def _write_proc_self(name: str, value: str) -> None:
+    """Write /proc/self/<name>, refusing anything that is not procfs (a bind mount over /proc)."""
+    fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    try:
+        if k.fs_type(fd) != k.PROC_SUPER_MAGIC:
+            raise SetupError("write /proc", errno.EXDEV, f"/proc/self/{name} is not on procfs")
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def _ns_name(flag: int) -> str:
     return next((name for name, f in k.NAMESPACE_FLAGS.items() if f == flag), hex(flag))
 
 
-def _fork_b(channel: Channel, body: Callable[[], None]) -> None:
-    """In A: fork B (which lands in the new or joined pid namespace), report its pid, exit."""
-    pid_b = os.fork()
-    if pid_b == 0:
-        _child(body)
-    channel.send(t="pid", pid=pid_b)
-    os._exit(0)
-
-
-def _run_a(plan: Plan, channel: Channel, body: Callable[[Plan, Channel], None]) -> None:
-    try:
-        _stdio(plan)
-        _join_and_unshare(plan, channel)
-    except BaseException as exc:
-        _report(channel, exc)
-        raise
-    _fork_b(channel, lambda: _guarded(channel, lambda: body(plan, channel)))
-
-
-def _guarded(channel: Channel, body: Callable[[], None]) -> None:
-    try:
-        body()
-    except BaseException as exc:
-        _report(channel, exc)
-        raise
+def _stdio(plan: Plan) -> None:
+    if plan.stdio is None:
+        return
+    with _Step("set up stdio"):
+        for target, fd in enumerate(plan.stdio):
+            os.dup2(fd, target)
 
 
 def _init_b(plan: Plan, channel: Channel) -> None:
+    """The container's init: one linear pipeline, as runc's standard_init_linux.go."""
     spec = plan.spec
     assert spec is not None
     linux = spec.linux
-    if plan.setsid:
-        with _Step("setsid"):
-            os.setsid()
+    with _Step("setsid"):
+        os.setsid()
     if plan.new_keyring:
         try:
             k.join_session_keyring(plan.new_keyring)
@@ -412,34 +547,26 @@ def _init_b(plan: Plan, channel: Channel) -> None:
             if exc.errno not in (errno.ENOSYS, errno.EACCES):  # no keyctl (or forbidden by seccomp/LSM): runc too
                 raise SetupError("join session keyring", exc.errno or errno.EIO, plan.new_keyring) from None
     in_userns = plan.new_user or any(flag == k.CLONE_NEWUSER for flag, _ in plan.join)
-    mount_ns = plan.new_namespaces & k.CLONE_NEWNS
-    if mount_ns:
-        rootfs.prepare_root(plan.rootfs, linux.rootfs_propagation)
+    root = None
+    if plan.mount_setup:
+        root = rootfs.prepare_root(plan.rootfs, linux.rootfs_propagation)
         for m in spec.mounts:
             rootfs.mount_entry(
-                plan.rootfs,
+                root,
                 m,
                 cgroup_paths=plan.cgroup_paths,
                 cgroupns=bool(plan.new_namespaces & k.CLONE_NEWCGROUP),
                 netns=bool(plan.new_namespaces & k.CLONE_NEWNET) or linux.namespace("network") is not None,
             )
         if rootfs.needs_dev_setup(spec):
-            rootfs.create_devices(plan.rootfs, rootfs.DEFAULT_DEVICES + linux.devices, in_userns)
-            rootfs.setup_dev_links(plan.rootfs)
-    channel.send(t="hooks")
-    msg = channel.recv()
-    if not msg or msg.get("t") != "go":
-        raise SetupError("container setup", errno.EPIPE, "the runtime went away")
-    state = msg.get("state") or {}
+            rootfs.create_devices(root, rootfs.DEFAULT_DEVICES + linux.devices, in_userns)
+            rootfs.setup_dev_links(root)
+    channel.send(Hooks())
+    state = channel.expect(Go, "the runtime went away").state or {}
     run_hooks("createContainer", spec.hooks.create_container, state)
-    if mount_ns:
-        (rootfs.move_root if plan.no_pivot else rootfs.pivot_root)(plan.rootfs)
-        for path in linux.readonly_paths:
-            rootfs.readonly_path(path)
-        for path in linux.masked_paths:
-            rootfs.mask_path(path)
-        if spec.root.readonly:
-            rootfs.readonly_root()
+    if root is not None:
+        (rootfs.move_root if plan.no_pivot else rootfs.pivot_root)(root)
+        rootfs.apply_root_propagation(linux.rootfs_propagation)
     else:
         with _Step("chroot", plan.rootfs):
             os.chroot(plan.rootfs)
@@ -450,32 +577,39 @@ def _init_b(plan: Plan, channel: Channel) -> None:
     if spec.domainname:
         with _Step("set domainname", spec.domainname):
             k.setdomainname(spec.domainname)
+    # sysctls before read-only paths: a pod sandbox makes /proc/sys read-only (runc's order)
     for key, value in linux.sysctl:
-        path = "/proc/sys/" + key.replace(".", "/")
         with _Step("set sysctl", f"{key}={value}"):
-            _write(path, value)
+            rootfs.write_sysctl(key, value)
+    if root is not None:
+        for path in linux.readonly_paths:
+            rootfs.readonly_path(path)
+        for path in linux.masked_paths:
+            rootfs.mask_path(path)
+        if spec.root.readonly:
+            rootfs.readonly_root()
     if plan.terminal:
         _setup_console(plan, channel)
     _process_setup(plan)
     argv0 = _resolve_executable(plan.process)
-    channel.send(t="ready")
+    channel.send(Ready())
     with _Step("wait for start", "exec.fifo"):
+        # blocks until start opens the fifo (reopened through the container's own procfs, which shows this
+        # process's fds); the fd stays open, close-on-exec, until execve: start reads the fifo to EOF
         fd = os.open(f"/proc/self/fd/{plan.exec_fifo}", os.O_WRONLY | os.O_CLOEXEC)
         os.write(fd, b"0")
-        os.close(fd)
     run_hooks("startContainer", spec.hooks.start_container, state)
-    _execve(plan.process, argv0)
+    _execve(plan, argv0)
 
 
 def _exec_b(plan: Plan, channel: Channel) -> None:
-    if plan.setsid or plan.terminal:
-        with _Step("setsid"):
-            os.setsid()
+    with _Step("setsid"):
+        os.setsid()
     if plan.terminal:
         _setup_console(plan, channel)
     _process_setup(plan)
     argv0 = _resolve_executable(plan.process)
-    _execve(plan.process, argv0)
+    _execve(plan, argv0)
 
 
 def _setup_console(plan: Plan, channel: Channel) -> None:
@@ -483,11 +617,10 @@ def _setup_console(plan: Plan, channel: Channel) -> None:
     controlling terminal and stdio, the master goes to the runtime over the channel."""
     with _Step("allocate a terminal", "/dev/ptmx"):
         master, slave = os.openpty()
-        os.set_inheritable(master, False)
         if plan.process.console_size:
             height, width = plan.process.console_size
             fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", height, width, 0, 0))
-        channel.send(fd=master, t="console", name=os.ttyname(slave))
+        channel.send(Console(name=os.ttyname(slave), fd=master))
         os.close(master)
         fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         for fd in (0, 1, 2):
@@ -499,9 +632,6 @@ def _setup_console(plan: Plan, channel: Channel) -> None:
 def _process_setup(plan: Plan) -> None:
     """Process attributes common to init and exec, in runc's order; ends in the cwd, ready to exec."""
     process = plan.process
-    if process.oom_score_adj is not None:
-        with _Step("set oom_score_adj", f"/proc/self/oom_score_adj={process.oom_score_adj}"):
-            _write("/proc/self/oom_score_adj", str(process.oom_score_adj))
     security.apply_rlimits(plan.rlimits)
     if process.no_new_privileges:
         with _Step("set no_new_privs"):
@@ -511,6 +641,12 @@ def _process_setup(plan: Plan) -> None:
     security.apply_credentials(process, plan.caps)
     with _Step("chdir", process.cwd):
         os.chdir(process.cwd)
+        # an fd of the host (/proc/self/fd/N) or a path that left the root: getcwd says "(unreachable)"
+        # and fails (CVE-2024-21626)
+        try:
+            os.getcwd()
+        except FileNotFoundError:
+            raise SetupError("chdir", errno.EPERM, f"{process.cwd}: outside the container's root") from None
     if plan.seccomp and process.no_new_privileges:
         _load_seccomp(plan.seccomp)  # as late as possible: fewer syscalls of ours go through it
 
@@ -541,7 +677,12 @@ def _resolve_executable(process: Process) -> str:
     raise SetupError("exec", errno.ENOENT, f'"{name}": executable file not found in $PATH')
 
 
-def _execve(process: Process, path: str) -> None:
+def _execve(plan: Plan, path: str) -> None:
+    process = plan.process
     security.apply_lsm_on_exec(process)
+    # nothing of the runtime's passes into the container: every fd >= 3 but the preserved ones closes at
+    # execve (CVE-2024-21626: a leaked host fd is a way out)
+    with _Step("mark fds close-on-exec"):
+        k.close_range_cloexec(3 + plan.preserve_fds)
     with _Step("exec", process.args[0]):
         os.execve(path, list(process.args), _env(process))

@@ -1,9 +1,15 @@
 """The container's filesystem view, set up inside its new mount namespace (runs in the forked child).
 
 Order, as runc does it: propagation of /, bind the rootfs onto itself, each ``mounts`` entry in order,
-devices and /dev symlinks — then (after the createRuntime/createContainer hooks) pivot_root, then
-readonly and masked paths and a read-only root. Every failure raises :class:`SetupError` with the step
-and the path. Paths inside the rootfs are resolved without following symlinks out of it.
+devices and /dev symlinks — then (after the createRuntime/createContainer hooks) pivot_root, the root's
+propagation, sysctls, then readonly and masked paths and a read-only root. Every failure raises
+:class:`SetupError` with the step and the path.
+
+Paths inside the rootfs are never trusted as strings (CVE-2021-30465: a container sharing a volume can
+swap a directory for a symlink between a check and a mount). One O_PATH fd of the rootfs is held from
+the start; every destination is resolved against it with ``openat2(RESOLVE_IN_ROOT)`` (symlinks resolved
+as if the rootfs were /, so nothing can lead out of it), and the mount, mknod or symlink is made on that
+fd (``/proc/self/fd/N``) or relative to it (``*at`` calls).
 """
 
 from __future__ import annotations
@@ -105,7 +111,100 @@ def parse_options(options: tuple[str, ...]) -> MountOptions:
     return MountOptions(flags, tuple(propagation), ",".join(data))
 
 
-def resolve_in_root(root: str, path: str) -> str:
+# Binds onto these /proc files are allowed (lxcfs emulates them); nothing else may be mounted under /proc
+# but procfs itself (runc's checkProcMount, CVE-2019-16884/19921).
+PROC_BIND_ALLOWED = frozenset(
+    {
+        "/proc/cpuinfo",
+        "/proc/diskstats",
+        "/proc/meminfo",
+        "/proc/stat",
+        "/proc/swaps",
+        "/proc/uptime",
+        "/proc/loadavg",
+        "/proc/slabinfo",
+        "/proc/net/dev",
+        "/proc/sys/kernel/ns_last_pid",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Root:
+    """The rootfs being set up: its host path (host-controlled, from the bundle) and an O_PATH fd of it
+    opened after it was bound onto itself, against which everything inside is resolved."""
+
+    path: str
+    fd: int
+
+    def open(self, path: str, flags: int = os.O_PATH) -> int:
+        """An fd of ``path`` inside the rootfs, symlinks resolved within it (never leading out)."""
+        rel = os.path.normpath("/" + path).lstrip("/") or "."
+        try:
+            return k.openat2(self.fd, rel, flags, k.RESOLVE_IN_ROOT | k.RESOLVE_NO_MAGICLINKS)
+        except OSError as exc:
+            if exc.errno != errno.ENOSYS:
+                raise
+        # kernels before 5.6: resolve by hand, open without following, check where the fd really is
+        fd = os.open(_resolve_by_hand(self.path, rel), flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        if not (self.where(fd) + "/").startswith(self.path.rstrip("/") + "/"):
+            os.close(fd)
+            raise OSError(errno.EXDEV, "path resolves outside the rootfs", path)
+        return fd
+
+    def where(self, fd: int) -> str:
+        """The host path an fd refers to."""
+        return os.readlink(f"/proc/self/fd/{fd}")
+
+    def inside(self, fd: int) -> str:
+        """The path inside the container an fd (from :meth:`open`) refers to."""
+        where = self.where(fd)
+        return "/" + where[len(self.path) :].lstrip("/") if where.startswith(self.path) else where
+
+    def mkdir_all(self, path: str, mode: int = 0o755) -> int:
+        """Make ``path`` and its parents inside the rootfs (each created relative to its resolved parent);
+        returns an O_PATH fd of the directory."""
+        parts = [p for p in os.path.normpath("/" + path).split("/") if p]
+        fd = self.open(".", os.O_PATH | os.O_DIRECTORY)
+        for i, part in enumerate(parts):
+            try:
+                nxt = self.open("/".join(parts[: i + 1]), os.O_PATH | os.O_DIRECTORY)
+            except FileNotFoundError:
+                try:
+                    os.mkdir(part, mode, dir_fd=fd)
+                except FileExistsError:
+                    pass  # a dangling symlink, or made meanwhile: the open below tells
+                nxt = self.open("/".join(parts[: i + 1]), os.O_PATH | os.O_DIRECTORY)
+            finally:
+                os.close(fd)
+            fd = nxt
+        return fd
+
+    def target(self, path: str, as_file: bool) -> int:
+        """An O_PATH fd of a mount destination, made (file or directory) if missing."""
+        try:
+            return self.open(path)
+        except FileNotFoundError:
+            pass
+        parent = self.mkdir_all(os.path.dirname(os.path.normpath("/" + path)))
+        name = os.path.basename(os.path.normpath("/" + path))
+        try:
+            if as_file:
+                os.close(
+                    os.open(
+                        name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent
+                    )
+                )
+            else:
+                os.mkdir(name, 0o755, dir_fd=parent)
+        except FileExistsError:
+            pass
+        finally:
+            os.close(parent)
+        return self.open(path)
+
+
+def _resolve_by_hand(root: str, path: str) -> str:
     """``root``/``path`` with every symlink resolved as if ``root`` were ``/`` (never escaping it)."""
     parts = [p for p in path.split("/") if p and p != "."]
     resolved: list[str] = []
@@ -124,28 +223,22 @@ def resolve_in_root(root: str, path: str) -> str:
             continue
         hops += 1
         if hops > 255:
-            raise SetupError("resolve path", errno.ELOOP, f"{path} in {root}")
+            raise OSError(errno.ELOOP, "too many symlinks", path)
         if target.startswith("/"):
             resolved = []
         parts = [p for p in target.split("/") if p and p != "."] + parts
     return os.path.join(root, *resolved)
 
 
-def _do(step: str, path: str, fn, *args) -> None:
+def _fdpath(fd: int) -> str:
+    return f"/proc/self/fd/{fd}"
+
+
+def _do(step: str, path: str, fn, *args, **kwargs) -> None:
     try:
-        fn(*args)
+        fn(*args, **kwargs)
     except OSError as exc:
         raise SetupError(step, exc.errno or errno.EIO, path) from None
-
-
-def _ensure_target(target: str, as_file: bool) -> None:
-    if os.path.lexists(target):
-        return
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    if as_file:
-        os.close(os.open(target, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o644))
-    else:
-        os.mkdir(target, 0o755)
 
 
 def _locked_flags(path: str) -> int:
@@ -156,13 +249,26 @@ def _locked_flags(path: str) -> int:
     return sum(flag for st_flag, flag in _STATVFS_LOCKED if f & st_flag and flag != k.MS_RDONLY)
 
 
-def prepare_root(rootfs: str, propagation: str) -> None:
-    """Make / a slave (or what rootfsPropagation says), then bind the rootfs onto itself."""
+def prepare_root(rootfs: str, propagation: str) -> Root:
+    """Make / a slave (or what rootfsPropagation says), bind the rootfs onto itself, and open it."""
     flag = _PROPAGATION.get(propagation, k.MS_SLAVE | k.MS_REC)
     _do("make / " + (propagation or "rslave"), "/", k.mount, None, "/", None, flag)
     # pivot_root needs the new root's parent mount not to be shared: make that one private.
     _do("make rootfs parent private", rootfs, _make_parent_private, rootfs)
     _do("bind rootfs", rootfs, k.mount, rootfs, rootfs, "bind", k.MS_BIND | k.MS_REC)
+    try:
+        fd = os.open(rootfs, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise SetupError("open rootfs", exc.errno or errno.EIO, rootfs) from None
+    return Root(os.path.realpath(rootfs), fd)
+
+
+def apply_root_propagation(propagation: str) -> None:
+    """rootfsPropagation applies to the container's / once it is /, after pivot_root (runc does the same;
+    private is the state already)."""
+    flag = _PROPAGATION.get(propagation, 0)
+    if flag and not flag & k.MS_PRIVATE:
+        _do("set rootfs propagation " + propagation, "/", k.mount, None, "/", None, flag)
 
 
 def _make_parent_private(rootfs: str) -> None:
@@ -180,108 +286,206 @@ def _mount_point_of(path: str) -> str:
     return best
 
 
-def mount_entry(rootfs: str, m: Mount, *, cgroup_paths: dict[str, str], cgroupns: bool, netns: bool) -> None:
-    target = resolve_in_root(rootfs, m.destination)
+def check_proc_mount(m: Mount, inside: str) -> None:
+    """Only procfs on /proc, and nothing under it but binds onto a few files lxcfs emulates."""
+    if inside != "/proc" and not inside.startswith("/proc/"):
+        return
+    if inside == "/proc":
+        if m.type == "proc":
+            return
+        raise SetupError(
+            f"mount {m.type or 'bind'} on {m.destination}", errno.EPERM, "only procfs may be mounted on /proc"
+        )
+    if inside in PROC_BIND_ALLOWED:
+        return
+    raise SetupError(
+        f"mount {m.type or 'bind'} on {m.destination}", errno.EPERM, f"{inside}: mounts under /proc are not allowed"
+    )
+
+
+def mount_entry(root: Root, m: Mount, *, cgroup_paths: dict[str, str], cgroupns: bool, netns: bool) -> None:
     opts = parse_options(m.options)
     step = f"mount {m.type or 'bind'} on {m.destination}"
     is_bind = bool(opts.flags & k.MS_BIND) or m.type == "bind"
+    fd = -1
     try:
         if is_bind:
-            _bind(m, target, opts)
-        elif m.type == "cgroup":
-            _mount_cgroup(target, opts, cgroup_paths, cgroupns)
+            if not os.path.exists(m.source):
+                raise OSError(errno.ENOENT, "bind source does not exist", m.source)
+            fd = root.target(m.destination, as_file=not os.path.isdir(m.source))
         else:
-            _ensure_target(target, as_file=False)
+            fd = root.target(m.destination, as_file=False)
+        check_proc_mount(m, root.inside(fd))
+        if is_bind:
+            _bind(root, m, fd, opts)
+        elif m.type == "cgroup":
+            _mount_cgroup(root, m, fd, opts, cgroup_paths, cgroupns)
+        else:
             try:
-                k.mount(m.source or m.type, target, m.type, opts.flags, opts.data or None)
+                k.mount(m.source or m.type, _fdpath(fd), m.type, opts.flags, opts.data or None)
             except OSError as exc:
                 if m.type == "sysfs" and exc.errno == errno.EPERM and not netns:
                     # sysfs can only be mounted in a new network namespace: bind the host's instead.
-                    k.mount("/sys", target, "bind", k.MS_BIND | k.MS_REC)
-                    k.mount(None, target, None, k.MS_BIND | k.MS_REMOUNT | k.MS_REC | (opts.flags & ~k.MS_REC))
+                    k.mount("/sys", _fdpath(fd), "bind", k.MS_BIND | k.MS_REC)
+                    _remount(root, m.destination, k.MS_BIND | k.MS_REC | (opts.flags & ~k.MS_REC))
                 else:
                     raise
         for flag in opts.propagation:
-            k.mount(None, target, None, flag)
+            _on_mounted(root, m.destination, lambda path, flag=flag: k.mount(None, path, None, flag))
     except OSError as exc:
         raise SetupError(step, exc.errno or errno.EIO, f"source {m.source!r}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
 
 
-def _bind(m: Mount, target: str, opts: MountOptions) -> None:
-    if not os.path.exists(m.source):
-        raise OSError(errno.ENOENT, "bind source does not exist", m.source)
-    _ensure_target(target, as_file=not os.path.isdir(m.source))
+def _on_mounted(root: Root, destination: str, fn) -> None:
+    """Run ``fn(path)`` on what is now mounted at ``destination`` (resolved again: the fd from before the
+    mount refers to the directory underneath)."""
+    fd = root.open(destination)
+    try:
+        fn(_fdpath(fd))
+    finally:
+        os.close(fd)
+
+
+def _remount(root: Root, destination: str, flags: int) -> None:
+    def remount(path: str) -> None:
+        try:
+            k.mount(None, path, None, k.MS_REMOUNT | flags)
+        except PermissionError:
+            k.mount(None, path, None, k.MS_REMOUNT | flags | _locked_flags(path))
+
+    _on_mounted(root, destination, remount)
+
+
+def _bind(root: Root, m: Mount, fd: int, opts: MountOptions) -> None:
     flags = opts.flags | k.MS_BIND
-    k.mount(m.source, target, "bind", flags & (k.MS_BIND | k.MS_REC))
+    k.mount(m.source, _fdpath(fd), "bind", flags & (k.MS_BIND | k.MS_REC))
     extra = flags & ~(k.MS_BIND | k.MS_REC | k.MS_REMOUNT)
     if extra:
-        try:
-            k.mount(None, target, None, k.MS_BIND | k.MS_REMOUNT | extra)
-        except PermissionError:
-            k.mount(None, target, None, k.MS_BIND | k.MS_REMOUNT | extra | _locked_flags(target))
+        _remount(root, m.destination, k.MS_BIND | extra)
 
 
-def _mount_cgroup(target: str, opts: MountOptions, cgroup_paths: dict[str, str], cgroupns: bool) -> None:
+def _mount_cgroup(
+    root: Root, m: Mount, fd: int, opts: MountOptions, cgroup_paths: dict[str, str], cgroupns: bool
+) -> None:
     """cgroup v2 in a cgroup namespace: mount cgroup2. Otherwise (v1, hybrid): a tmpfs with the container's
     cgroup directory of each hierarchy bound under it, read-only when the mount is."""
-    _ensure_target(target, as_file=False)
     flags = opts.flags & ~k.MS_BIND
     if list(cgroup_paths) == [""]:
         if cgroupns:
-            k.mount("cgroup", target, "cgroup2", flags)
+            k.mount("cgroup", _fdpath(fd), "cgroup2", flags)
         else:
-            k.mount(cgroup_paths[""], target, "bind", k.MS_BIND | k.MS_REC)
-            k.mount(None, target, None, k.MS_BIND | k.MS_REMOUNT | flags)
+            k.mount(cgroup_paths[""], _fdpath(fd), "bind", k.MS_BIND | k.MS_REC)
+            _remount(root, m.destination, k.MS_BIND | flags)
         return
-    k.mount("tmpfs", target, "tmpfs", flags & ~k.MS_RDONLY, "mode=755")
+    k.mount("tmpfs", _fdpath(fd), "tmpfs", flags & ~k.MS_RDONLY, "mode=755")
     by_dir: dict[str, list[str]] = {}
     for subsystem, path in cgroup_paths.items():
         by_dir.setdefault(path, []).append(subsystem.removeprefix("name=") or "unified")
-    for path, names in sorted(by_dir.items()):
-        sub = os.path.join(target, ",".join(sorted(names)))
-        os.mkdir(sub, 0o755)
-        k.mount(path, sub, "bind", k.MS_BIND | k.MS_REC)
-        k.mount(None, sub, None, k.MS_BIND | k.MS_REMOUNT | flags | _locked_flags(sub))
+    tmpfs = root.open(m.destination)  # the fresh tmpfs: ours alone, nothing else can reach it
+    try:
+        for path, names in sorted(by_dir.items()):
+            name = ",".join(sorted(names))
+            os.mkdir(name, 0o755, dir_fd=tmpfs)
+            sub = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=tmpfs)
+            try:
+                k.mount(path, _fdpath(sub), "bind", k.MS_BIND | k.MS_REC)
+            finally:
+                os.close(sub)
+            _remount(root, os.path.join(m.destination, name), k.MS_BIND | flags)
+    finally:
+        os.close(tmpfs)
     if flags & k.MS_RDONLY:
-        k.mount(None, target, None, k.MS_REMOUNT | flags, "mode=755")
+        _on_mounted(root, m.destination, lambda p: k.mount(None, p, None, k.MS_REMOUNT | flags, "mode=755"))
 
 
-def create_devices(rootfs: str, devices: tuple[Device, ...], in_userns: bool) -> None:
+_NODE_KINDS = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}
+
+
+def create_devices(root: Root, devices: tuple[Device, ...], in_userns: bool) -> None:
     for dev in devices:
-        target = resolve_in_root(rootfs, dev.path)
+        parent = -1
         try:
-            os.makedirs(os.path.dirname(target), exist_ok=True)
-            if os.path.lexists(target):
-                os.unlink(target)
+            parent = root.mkdir_all(os.path.dirname(dev.path))
+            name = os.path.basename(dev.path)
+            try:
+                os.unlink(name, dir_fd=parent)
+            except FileNotFoundError:
+                pass
             if in_userns:
                 # mknod is not allowed in a user namespace: bind the host's node instead.
-                _ensure_target(target, as_file=True)
-                k.mount(dev.path, target, "bind", k.MS_BIND)
+                os.close(
+                    os.open(
+                        name, os.O_CREAT | os.O_EXCL | os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent
+                    )
+                )
+                node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+                try:
+                    k.mount(dev.path, _fdpath(node), "bind", k.MS_BIND)
+                finally:
+                    os.close(node)
                 continue
-            kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}[dev.type]
+            kind = _NODE_KINDS[dev.type]
             mode = dev.file_mode if dev.file_mode is not None else 0o666
-            os.mknod(target, kind | mode, os.makedev(dev.major, dev.minor))
-            os.chmod(target, mode)  # mknod is subject to the umask
-            os.chown(target, dev.uid or 0, dev.gid or 0)
+            os.mknod(name, kind | mode, os.makedev(dev.major, dev.minor), dir_fd=parent)
+            node = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+            try:
+                if stat.S_IFMT(os.fstat(node).st_mode) != kind:
+                    raise OSError(errno.EEXIST, "replaced while being made", dev.path)
+                os.chmod(_fdpath(node), mode)  # mknod is subject to the umask
+                os.chown(_fdpath(node), dev.uid or 0, dev.gid or 0)
+            finally:
+                os.close(node)
         except OSError as exc:
             raise SetupError("create device", exc.errno or errno.EIO, dev.path) from None
+        finally:
+            if parent >= 0:
+                os.close(parent)
 
 
-def setup_dev_links(rootfs: str) -> None:
-    dev = resolve_in_root(rootfs, "/dev")
-    for source, link in DEV_SYMLINKS + ((("/proc/kcore", "/dev/core"),) if os.path.exists("/proc/kcore") else ()):
-        path = os.path.join(dev, os.path.basename(link))
-        if os.path.lexists(path):
-            continue
-        _do("create /dev symlink", link, os.symlink, source, path)
-    ptmx = os.path.join(dev, "ptmx")
-    if os.path.isdir(os.path.join(dev, "pts")):
-        try:
-            if os.path.lexists(ptmx):
-                os.unlink(ptmx)
-            os.symlink("pts/ptmx", ptmx)
-        except OSError as exc:
-            raise SetupError("link /dev/ptmx", exc.errno or errno.EIO, ptmx) from None
+def _lexists(name: str, dir_fd: int) -> bool:
+    try:
+        os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def setup_dev_links(root: Root) -> None:
+    try:
+        dev = root.open("/dev", os.O_PATH | os.O_DIRECTORY)
+    except OSError as exc:
+        raise SetupError("open /dev", exc.errno or errno.EIO, "/dev") from None
+    try:
+        links = DEV_SYMLINKS + ((("/proc/kcore", "/dev/core"),) if os.path.exists("/proc/kcore") else ())
+        for source, link in links:
+            name = os.path.basename(link)
+            if not _lexists(name, dev):
+                _do("create /dev symlink", link, os.symlink, source, name, dir_fd=dev)
+        if _lexists("pts", dev) and stat.S_ISDIR(os.stat("pts", dir_fd=dev, follow_symlinks=False).st_mode):
+            try:
+                if _lexists("ptmx", dev):
+                    os.unlink("ptmx", dir_fd=dev)
+                os.symlink("pts/ptmx", "ptmx", dir_fd=dev)
+            except OSError as exc:
+                raise SetupError("link /dev/ptmx", exc.errno or errno.EIO, "/dev/ptmx") from None
+    finally:
+        os.close(dev)
+
+
+def write_sysctl(key: str, value: str) -> None:
+    """Write /proc/sys/<key> of the container (after pivot_root), refusing anything but procfs there."""
+    if "/" in key or ".." in key:
+        raise OSError(errno.EINVAL, "invalid sysctl name", key)
+    fd = os.open("/proc/sys/" + key.replace(".", "/"), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        if k.fs_type(fd) != k.PROC_SUPER_MAGIC:
+            raise OSError(errno.EXDEV, "not on procfs", "/proc/sys/" + key.replace(".", "/"))
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
 
 
 def needs_dev_setup(spec: Spec) -> bool:
@@ -289,13 +493,13 @@ def needs_dev_setup(spec: Spec) -> bool:
     return not any(m.destination == "/dev" and "bind" in " ".join(m.options) + m.type for m in spec.mounts)
 
 
-def pivot_root(rootfs: str) -> None:
-    """runc's pivot_root(".", "."): no put_old directory needed; the old root is detached afterwards."""
+def pivot_root(root: Root) -> None:
+    """runc's pivot_root(".", "."), in the rootfs fd held from the start: no put_old directory needed; the
+    old root is detached afterwards."""
     try:
         old = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
-        new = os.open(rootfs, os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
         try:
-            os.fchdir(new)
+            os.fchdir(root.fd)
             k.pivot_root(".", ".")
             os.fchdir(old)
             k.mount(None, ".", None, k.MS_SLAVE | k.MS_REC)
@@ -303,20 +507,21 @@ def pivot_root(rootfs: str) -> None:
             os.chdir("/")
         finally:
             os.close(old)
-            os.close(new)
+            os.close(root.fd)
     except OSError as exc:
-        raise SetupError("pivot_root", exc.errno or errno.EIO, rootfs) from None
+        raise SetupError("pivot_root", exc.errno or errno.EIO, root.path) from None
 
 
-def move_root(rootfs: str) -> None:
+def move_root(root: Root) -> None:
     """``--no-pivot``: MS_MOVE the rootfs over / and chroot (for ramdisk roots where pivot_root fails)."""
     try:
-        os.chdir(rootfs)
-        k.mount(rootfs, "/", None, k.MS_MOVE)
+        os.fchdir(root.fd)
+        k.mount(root.path, "/", None, k.MS_MOVE)
         os.chroot(".")
         os.chdir("/")
+        os.close(root.fd)
     except OSError as exc:
-        raise SetupError("move root", exc.errno or errno.EIO, rootfs) from None
+        raise SetupError("move root", exc.errno or errno.EIO, root.path) from None
 
 
 def mask_path(path: str) -> None:

@@ -35,12 +35,20 @@ class State:
     annotations: dict[str, str] = field(default_factory=dict)
     cgroups_path: str = ""
     cgroup_paths: dict[str, str] = field(default_factory=dict)
+    cgroup_owned: bool = False  # pyoci made the cgroup: only then are its processes killed and it removed
     owner: str = "root"
     oci_version: str = "1.2.0"
 
 
+MAX_ID = 255  # a directory name
+
+
 def validate_id(container_id: str) -> None:
-    if not container_id or not _ID.match(container_id) or container_id in (".", ".."):
+    if len(container_id) > MAX_ID:
+        raise ConfigError(
+            "id", f"container id of {len(container_id)} characters (at most {MAX_ID})", source="container"
+        )
+    if not container_id or not _ID.fullmatch(container_id) or container_id in (".", ".."):
         raise ConfigError(
             "id", f"invalid container id {container_id!r} (letters, digits, _ + - . only)", source="container"
         )
