@@ -92,7 +92,7 @@ def write_atomic(path: str, data: str) -> None:
 
 def start(flags) -> int:
     options = sys.stdin.buffer.read() if not sys.stdin.isatty() else b""
-    bundle = flags.bundle or os.getcwd()
+    bundle = flags.bundle = flags.bundle or os.getcwd()  # containerd 1.6 passes it as our cwd only
     if not flags.id or not flags.namespace:
         print("start: -id and -namespace are required", file=sys.stderr)
         return 1
@@ -138,9 +138,40 @@ def _raise_oom_score(pid: int) -> None:
         pass
 
 
-def zygote_path(grpc_address: str) -> str:
-    digest = sha256(os.path.join(grpc_address, "pyoci-zygote").encode()).hexdigest()
+_PACKAGES = ("shim", "ttrpc", "protos", "runtime", "runtime/cgroups")  # pyoci's folders, installed or in a checkout
+
+
+def build_id() -> str:
+    """A short hash of the installed pyoci: the interpreter, and the name, size and mtime of each of its
+    modules (~60 stat calls, well under a millisecond). A template serves only starts of its own build, so
+    an upgrade (or an edit of an editable install) reaches the next container, not the next template."""
+    base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    digest = sha256(f"{sys.executable}\0{base}\n".encode())
+    for sub in _PACKAGES:
+        try:
+            entries = sorted(os.scandir(os.path.join(base, sub)), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            if entry.name.endswith(".py"):
+                try:
+                    st = entry.stat()
+                except OSError:
+                    continue
+                digest.update(f"{sub}/{entry.name}:{st.st_size}:{st.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def zygote_path(grpc_address: str, build: str) -> str:
+    """The socket of the template of this containerd and this build of pyoci."""
+    digest = sha256(os.path.join(grpc_address, "pyoci-zygote", build).encode()).hexdigest()
     return f"{SOCKET_DIR}/{digest}"
+
+
+def zygote_record(grpc_address: str) -> str:
+    """The file naming the socket of this containerd's newest template (each new one retires the one named)."""
+    digest = sha256(os.path.join(grpc_address, "pyoci-zygote").encode()).hexdigest()
+    return f"{SOCKET_DIR}/{digest}.zygote"
 
 
 _PASSED_ENV = ("TTRPC_ADDRESS", "GRPC_ADDRESS", "NAMESPACE", "MAX_SHIM_VERSION", "SCHED_CORE")
@@ -152,7 +183,7 @@ def _ask_template(flags, bundle: str, listener: _socket.socket, options: bytes) 
     conn = _unix(_socket.SOCK_SEQPACKET)
     conn.settimeout(2)
     try:
-        conn.connect(zygote_path(flags.address))
+        conn.connect(zygote_path(flags.address, build_id()))
         conn.settimeout(30)  # once it has the listener, wait for its answer rather than fork a second daemon
         request = {
             "flags": {
