@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 
-from ..spec import BlockIO, Memory, Resources
+from ..spec import CPU, BlockIO, Memory, Resources
 from .base import CgroupError, Manager, read, read_pids, remove_dir, write
 from .v2 import V2Manager
 
@@ -116,22 +117,8 @@ class V1Manager(Manager):
         if resources.memory:
             warnings += self._memory(resources.memory)
         if resources.cpu:
-            c = resources.cpu
-            for name, value in (
-                ("cpu.shares", c.shares),
-                ("cpu.cfs_period_us", c.period),
-                ("cpu.cfs_quota_us", c.quota),
-                ("cpu.cfs_burst_us", c.burst),
-                ("cpu.rt_period_us", c.realtime_period),
-                ("cpu.rt_runtime_us", c.realtime_runtime),
-                ("cpu.idle", c.idle),
-            ):
-                if value is not None:
-                    self._set("cpu", name, str(value), "linux.resources.cpu")
-            for name, value in (("cpuset.cpus", c.cpus), ("cpuset.mems", c.mems)):
-                if value:
-                    self._set("cpuset", name, value, "linux.resources.cpu")
-        if resources.pids_limit is not None:
+            self._cpu(resources.cpu)
+        if resources.pids_limit:  # runc: 0 leaves pids.max alone, a negative limit is "max"
             limit = resources.pids_limit
             self._set("pids", "pids.max", str(limit) if limit > 0 else "max", "linux.resources.pids")
         if resources.block_io:
@@ -155,28 +142,65 @@ class V1Manager(Manager):
             raise CgroupError(f"{field}: {name} is not supported by this kernel ({path} does not exist)")
         write(path, value)
 
+    def _cpu(self, c: CPU) -> None:
+        """runc's rules: 0 means "not set" for shares, quota, period and the realtime pair (clients such as
+        nerdctl v2 always send zeros)."""
+        field = "linux.resources.cpu"
+        if c.shares:
+            self._set("cpu", "cpu.shares", str(c.shares), field + ".shares")
+        self._period_and_budget("cpu.cfs_period_us", c.period, "cpu.cfs_quota_us", c.quota, field + ".quota")
+        self._period_and_budget(
+            "cpu.rt_period_us", c.realtime_period, "cpu.rt_runtime_us", c.realtime_runtime, field + ".realtime"
+        )
+        if c.burst is not None:
+            self._set("cpu", "cpu.cfs_burst_us", str(c.burst), field + ".burst")
+        if c.idle is not None:
+            self._set("cpu", "cpu.idle", str(c.idle), field + ".idle")
+        for name, value in (("cpuset.cpus", c.cpus), ("cpuset.mems", c.mems)):
+            if value:
+                self._set("cpuset", name, value, field)
+
+    def _period_and_budget(
+        self, period_file: str, period: int | None, budget_file: str, budget: int | None, field: str
+    ) -> None:
+        """A period and the time allowed in it (0 = not set); a period the kernel refuses with EINVAL (e.g. the
+        old budget over the new period exceeds the parent's) is written again after the budget, as runc does."""
+        retry = False
+        if period:
+            try:
+                self._set("cpu", period_file, str(period), field)
+            except CgroupError as exc:
+                if not budget or not _is_einval(exc):
+                    raise
+                retry = True
+        if budget:
+            self._set("cpu", budget_file, str(budget), field)
+            if retry:
+                self._set("cpu", period_file, str(period), field)
+
     def _memory(self, m: Memory) -> list[str]:
         warnings = []
         field = "linux.resources.memory"
         swap_file = self._file("memory", "memory.memsw.limit_in_bytes")
         has_swap = bool(swap_file and os.path.exists(swap_file))
-        if m.swap is not None and m.swap != -1 and not has_swap:
+        # runc's rules: 0 means "not set" for the limit, swap and reservation; an unlimited memory limit
+        # without a swap limit lifts the swap limit too
+        limit, swap = m.limit or None, m.swap or None
+        if limit == -1 and swap is None and has_swap:
+            swap = -1
+        if swap not in (None, -1) and not has_swap:
             raise CgroupError(f"{field}.swap: swap accounting is not enabled in this kernel")
-        if m.limit is not None:
-            swap = m.swap if has_swap else None
-            try:
-                # memory.limit must stay <= memsw.limit: order the two writes by direction.
-                self._set("memory", "memory.limit_in_bytes", str(m.limit), field + ".limit")
-                if swap is not None:
-                    self._set("memory", "memory.memsw.limit_in_bytes", str(swap), field + ".swap")
-            except CgroupError:
-                if swap is None:
-                    raise
-                self._set("memory", "memory.memsw.limit_in_bytes", str(swap), field + ".swap")
-                self._set("memory", "memory.limit_in_bytes", str(m.limit), field + ".limit")
-        elif m.swap is not None and has_swap:
-            self._set("memory", "memory.memsw.limit_in_bytes", str(m.swap), field + ".swap")
-        if m.reservation is not None:
+        writes = [("memory.limit_in_bytes", limit, ".limit")] if limit is not None else []
+        if swap is not None and has_swap:
+            swap_write = ("memory.memsw.limit_in_bytes", swap, ".swap")
+            # memory.limit must stay <= memsw.limit: a swap limit above the current memory limit goes first
+            if swap == -1 or _current_limit(self._file("memory", "memory.limit_in_bytes")) < swap:
+                writes.insert(0, swap_write)
+            else:
+                writes.append(swap_write)
+        for name, value, key in writes:
+            self._set("memory", name, str(value), field + key)
+        if m.reservation:
             self._set("memory", "memory.soft_limit_in_bytes", str(m.reservation), field + ".reservation")
         if m.swappiness is not None:
             self._set("memory", "memory.swappiness", str(m.swappiness), field + ".swappiness")
@@ -231,6 +255,19 @@ class V1Manager(Manager):
             self._set("devices", "devices.allow" if rule.allow else "devices.deny", line, "linux.resources.devices")
         for line in DEFAULT_ALLOWED_DEVICES:
             self._set("devices", "devices.allow", line, "linux.resources.devices")
+
+
+def _current_limit(path: str | None) -> int:
+    try:
+        return int(read(path).strip()) if path else 0
+    except (OSError, ValueError):
+        return 0
+
+
+def _is_einval(exc: CgroupError) -> bool:
+    """The kernel refused the value itself (base.write keeps the OSError as the context)."""
+    cause = exc.__context__
+    return isinstance(cause, OSError) and cause.errno == errno.EINVAL
 
 
 def _init_cpuset(leaf: str) -> None:

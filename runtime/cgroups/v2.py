@@ -106,17 +106,18 @@ class V2Manager(Manager):
         m = resources.memory
         if m:
             f = "linux.resources.memory"
-            if m.limit is not None:
-                self._set("memory.max", "max" if m.limit == -1 else str(m.limit), f + ".limit")
-            if m.reservation is not None:
+            limit = m.limit or None  # runc: 0 means "not set" for the limit, reservation and swap
+            if limit is not None:
+                self._set("memory.max", "max" if limit == -1 else str(limit), f + ".limit")
+            if m.reservation:
                 self._set("memory.low", "max" if m.reservation == -1 else str(m.reservation), f + ".reservation")
-            if m.swap is not None:
+            if m.swap:
                 if m.swap == -1:
                     swap = "max"
-                elif m.limit is None or m.limit == -1:
+                elif limit is None or limit == -1:
                     raise CgroupError(f"{f}.swap: a swap limit needs a memory limit on cgroup v2")
                 else:
-                    swap = str(m.swap - m.limit)  # OCI swap is memory+swap; v2 limits swap alone
+                    swap = str(m.swap - limit)  # OCI swap is memory+swap; v2 limits swap alone
                 if os.path.exists(f"{self.path}/memory.swap.max"):
                     self._set("memory.swap.max", swap, f + ".swap")
                 elif swap != "max":
@@ -146,9 +147,9 @@ class V2Manager(Manager):
                 self._set("cpuset.cpus", c.cpus, f + ".cpus")
             if c.mems:
                 self._set("cpuset.mems", c.mems, f + ".mems")
-        if resources.pids_limit is not None:
-            limit = resources.pids_limit
-            self._set("pids.max", str(limit) if limit > 0 else "max", "linux.resources.pids.limit")
+        if resources.pids_limit:  # runc: 0 leaves pids.max alone, a negative limit is "max"
+            pids = resources.pids_limit
+            self._set("pids.max", str(pids) if pids > 0 else "max", "linux.resources.pids.limit")
         b = resources.block_io
         if b:
             f = "linux.resources.blockIO"
