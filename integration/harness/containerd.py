@@ -19,18 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CONFIG = """\
-version = 2
+version = {version}
 root = "{root}"
 state = "{state}"
 disabled_plugins = [
-  "io.containerd.grpc.v1.cri",
-  "io.containerd.internal.v1.opt",
-  "io.containerd.snapshotter.v1.aufs",
-  "io.containerd.snapshotter.v1.btrfs",
-  "io.containerd.snapshotter.v1.devmapper",
-  "io.containerd.snapshotter.v1.zfs",
-  "io.containerd.tracing.processor.v1.otlp",
-]
+{disabled}]
 
 [grpc]
   address = "{address}"
@@ -38,6 +31,15 @@ disabled_plugins = [
 [debug]
   level = "{level}"
 """
+DISABLED_PLUGINS = (
+    "io.containerd.grpc.v1.cri",
+    "io.containerd.internal.v1.opt",
+    "io.containerd.snapshotter.v1.aufs",
+    "io.containerd.snapshotter.v1.btrfs",
+    "io.containerd.snapshotter.v1.devmapper",
+    "io.containerd.snapshotter.v1.zfs",
+    "io.containerd.tracing.processor.v1.otlp",
+)
 
 
 @dataclass
@@ -46,6 +48,9 @@ class Containerd:
     binary: str = field(default_factory=lambda: shutil.which("containerd") or "/usr/bin/containerd")
     level: str = "info"
     process: subprocess.Popen | None = None
+    # opt-in (the CRI suite): the CRI plugin enabled, this TOML appended to the config, in this config version
+    cri_config: str | None = None
+    config_version: int = 2
 
     @property
     def address(self) -> str:
@@ -84,7 +89,7 @@ class Containerd:
     def start(self, timeout: float = 20.0) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
         config = self.base / "config.toml"
-        config.write_text(CONFIG.format(root=self.root, state=self.state, address=self.address, level=self.level))
+        config.write_text(self.config_text())
         log = open(self.log_path, "ab")  # handed to the child, closed below
         try:
             self.process = subprocess.Popen(
@@ -98,6 +103,18 @@ class Containerd:
         finally:
             log.close()
         self.wait_ready(timeout)
+
+    def config_text(self) -> str:
+        disabled = [p for p in DISABLED_PLUGINS if self.cri_config is None or p != "io.containerd.grpc.v1.cri"]
+        text = CONFIG.format(
+            version=self.config_version,
+            root=self.root,
+            state=self.state,
+            disabled="".join(f'  "{p}",\n' for p in disabled),
+            address=self.address,
+            level=self.level,
+        )
+        return text if self.cri_config is None else text + "\n" + self.cri_config
 
     def wait_ready(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
