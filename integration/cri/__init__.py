@@ -1,0 +1,1 @@
+"""The CRI scenario suite: containerd's CRI plugin driven over runtime.v1 gRPC, with pyoci and runc handlers."""
