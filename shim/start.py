@@ -146,7 +146,7 @@ def build_id() -> str:
     modules (~60 stat calls, well under a millisecond). A template serves only starts of its own build, so
     an upgrade (or an edit of an editable install) reaches the next container, not the next template."""
     base = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    digest = sha256(f"{sys.executable}\0{base}\n".encode())
+    digest = sha256(f"{os.path.realpath(sys.executable)}\0{base}\n".encode())
     for sub in _PACKAGES:
         try:
             entries = sorted(os.scandir(os.path.join(base, sub)), key=lambda e: e.name)
