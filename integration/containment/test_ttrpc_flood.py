@@ -10,6 +10,7 @@ measured here, it reads ~600 of the requests and stays at 13 MB.
 from __future__ import annotations
 
 import socket
+import struct
 import threading
 import time
 
@@ -119,5 +120,30 @@ def test_ttrpc_flood_without_reading_leaves_the_shim_bounded_and_serving(
         assert let_in < FLOOD // 2, f"the shim read the whole flood: {report}"
         assert growth < RSS_BOUND, report
         assert shim.is_running()
+    finally:
+        ctr.remove(container_id)
+
+
+@pytest.mark.parametrize("runtime", [PYOCI, RUNC], ids=["pyoci", "runc"])
+@pytest.mark.parametrize(
+    "frame",
+    [struct.pack(">IIBB", 10, 1, 77, 0) + b"\0" * 10, struct.pack(">IIBB", 64 << 20, 1, 1, 0) + b"\0" * 4096],
+    ids=["garbage", "oversized"],
+)
+def test_ttrpc_garbage_and_oversized_frames_close_only_that_connection(
+    ctr, containerd, busybox_image, container_id, runtime, frame
+):
+    ctr("run", "-d", "--runtime", runtime, busybox_image, container_id, "sleep", "1000")
+    try:
+        path, pid = shim_socket_and_pid(containerd, ctr, container_id)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as bad:
+            bad.connect(path)
+            bad.settimeout(10)
+            bad.sendall(frame)
+            if runtime == PYOCI:  # (Go ttrpc skips an unknown type, and answers an oversized frame's stream)
+                assert bad.recv(4096) == b"", "the shim kept a connection that broke the framing"
+            result = ctr("tasks", "exec", "--exec-id", "after", container_id, "echo", "still here", timeout=30)
+            assert result.stdout.strip() == "still here"
+        assert psutil.pid_exists(pid)
     finally:
         ctr.remove(container_id)
