@@ -9,11 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
 import pytest
 
+from integration.harness.bundle import make_bundle
 from integration.harness.containerd import Containerd
 from integration.harness.ctr import Ctr
 from integration.harness.grpc import ContainerdClient
@@ -66,6 +68,22 @@ async def grpc_client(containerd):
     client = ContainerdClient(containerd.address, NAMESPACE)
     yield client
     client.close()
+
+
+@pytest.fixture
+def bundle(request):
+    """A bundle of the busybox rootfs for the ``pyoci`` CLI; afterwards its container is deleted and the test
+    fails if any state dir, cgroup or mount of it is left."""
+    # Not under pytest's 0700 tmp dir: a user-namespaced container root must be able to reach its rootfs.
+    base = tempfile.mkdtemp(prefix="pyoci-bundle-", dir="/tmp")
+    os.chmod(base, 0o755)
+    cid = request.node.name.replace("[", "-").replace("]", "")[:50]
+    b = make_bundle(Path(base) / "bundle", cid, ["true"])
+    yield b
+    b.pyoci("delete", "--force", b.id)
+    leftovers = b.leftovers()
+    shutil.rmtree(base, ignore_errors=True)
+    assert not leftovers, f"left behind: {leftovers}"
 
 
 @pytest.fixture

@@ -6,30 +6,13 @@ Every test checks afterwards that no state dir, cgroup or mount is left (the ``b
 
 import json
 import os
-import shutil
 import signal
 import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import pytest
 
-from integration.harness.bundle import PYOCI, make_bundle
-
-
-@pytest.fixture
-def bundle(request):
-    # Not under pytest's 0700 tmp dir: a user-namespaced container root must be able to reach its rootfs.
-    base = tempfile.mkdtemp(prefix="pyoci-bundle-", dir="/tmp")
-    os.chmod(base, 0o755)
-    cid = request.node.name.replace("[", "-").replace("]", "")[:50]
-    b = make_bundle(Path(base) / "bundle", cid, ["true"])
-    yield b
-    b.pyoci("delete", "--force", b.id)
-    leftovers = b.leftovers()
-    shutil.rmtree(base, ignore_errors=True)
-    assert not leftovers, f"left behind: {leftovers}"
+from integration.harness.bundle import PYOCI
 
 
 def run(bundle, script: str, **kw) -> subprocess.CompletedProcess:

@@ -161,24 +161,39 @@ class Root:
         where = self.where(fd)
         return "/" + where[len(self.path) :].lstrip("/") if where.startswith(self.path) else where
 
-    def mkdir_all(self, path: str, mode: int = 0o755) -> int:
-        """Make ``path`` and its parents inside the rootfs (each created relative to its resolved parent);
-        returns an O_PATH fd of the directory."""
+    def mkdir_all(self, path: str, mode: int = 0o755, hops: int = 0) -> int:
+        """Make ``path`` and its parents inside the rootfs (each created relative to its resolved parent; a
+        dangling symlink is followed inside the rootfs, as ``mkdir -p`` in a chroot would); returns an
+        O_PATH fd of the directory."""
         parts = [p for p in os.path.normpath("/" + path).split("/") if p]
         fd = self.open(".", os.O_PATH | os.O_DIRECTORY)
         for i, part in enumerate(parts):
             try:
-                nxt = self.open("/".join(parts[: i + 1]), os.O_PATH | os.O_DIRECTORY)
-            except FileNotFoundError:
-                try:
-                    os.mkdir(part, mode, dir_fd=fd)
-                except FileExistsError:
-                    pass  # a dangling symlink, or made meanwhile: the open below tells
-                nxt = self.open("/".join(parts[: i + 1]), os.O_PATH | os.O_DIRECTORY)
+                nxt = self._open_or_make(fd, part, "/".join(parts[: i + 1]), mode)
             finally:
                 os.close(fd)
+            if isinstance(nxt, str):  # a dangling symlink: make its target, inside the rootfs, and go on there
+                if hops >= 40:
+                    raise OSError(errno.ELOOP, "too many symlinks", path)
+                base = "/" if nxt.startswith("/") else "/" + "/".join(parts[:i])
+                return self.mkdir_all(os.path.join(base, nxt, *parts[i + 1 :]), mode, hops + 1)
             fd = nxt
         return fd
+
+    def _open_or_make(self, parent: int, name: str, path: str, mode: int) -> int | str:
+        """An fd of directory ``path`` (whose last component is ``name`` in ``parent``), made if missing; or
+        the target of a dangling symlink found there."""
+        try:
+            return self.open(path, os.O_PATH | os.O_DIRECTORY)
+        except FileNotFoundError:
+            pass
+        try:
+            os.mkdir(name, mode, dir_fd=parent)
+        except FileExistsError:
+            link = _readlink_at(name, parent)
+            if link is not None:
+                return link
+        return self.open(path, os.O_PATH | os.O_DIRECTORY)
 
     def target(self, path: str, as_file: bool) -> int:
         """An O_PATH fd of a mount destination, made (file or directory) if missing."""
@@ -202,6 +217,13 @@ class Root:
         finally:
             os.close(parent)
         return self.open(path)
+
+
+def _readlink_at(name: str, dir_fd: int) -> str | None:
+    try:
+        return os.readlink(name, dir_fd=dir_fd)
+    except OSError:
+        return None
 
 
 def _resolve_by_hand(root: str, path: str) -> str:
