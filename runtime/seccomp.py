@@ -110,6 +110,7 @@ def compile_filter(profile: Seccomp) -> tuple[bytes, int]:
             rc = lib.seccomp_arch_add(ctx, token)
             if rc < 0 and -rc != errno.EEXIST:
                 raise ConfigError(f"linux.seccomp.architectures[{i}]", f"cannot add {arch}: {os.strerror(-rc)}")
+        _check_size(profile)
         for i, rule in enumerate(profile.syscalls):
             where = f"linux.seccomp.syscalls[{i}]"
             action = _action(rule.action, rule.errno_ret, where + ".action")
@@ -136,12 +137,34 @@ def compile_filter(profile: Seccomp) -> tuple[bytes, int]:
             program = os.pread(fd, size, 0)
         finally:
             os.close(fd)
+        if size // 8 > BPF_MAXINSNS:
+            raise ConfigError(
+                "linux.seccomp", f"compiles to {size // 8} BPF instructions; the kernel loads at most {BPF_MAXINSNS}"
+            )
     finally:
         lib.seccomp_release(ctx)
     flags = 0
     for flag in profile.flags:
         flags |= FLAGS[flag]
     return program, flags
+
+
+BPF_MAXINSNS = 4096  # the kernel's limit on one seccomp program
+MAX_RULES = 8192  # (syscall, comparison group) pairs; libseccomp's rule merging is quadratic in them
+
+
+def _check_size(profile: Seccomp) -> None:
+    """Bound the work before libseccomp does it: a profile past MAX_RULES could not load anyway (docker's
+    default profile is ~400), and would take minutes to compile."""
+    total = 0
+    for rule in profile.syscalls:
+        total += len(rule.names) * len(_arg_groups(rule.args))
+        if total > MAX_RULES:
+            raise ConfigError(
+                "linux.seccomp.syscalls",
+                f"more than {MAX_RULES} rules (syscall names times argument groups); a seccomp program is limited "
+                f"to {BPF_MAXINSNS} instructions",
+            )
 
 
 def _arg_groups(args):

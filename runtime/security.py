@@ -154,10 +154,19 @@ def apply_lsm_on_exec(process: Process) -> None:
             continue
         for path in paths:
             try:
-                with open(path, "w") as f:
-                    f.write(value)
-                break
+                fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
             except FileNotFoundError:
                 continue
             except OSError as exc:
-                raise SetupError("set security label", exc.errno or errno.EIO, value) from None
+                raise SetupError("set security label", exc.errno or errno.EIO, f"{path}: {value}") from None
+            try:
+                if k.fs_type(fd) != k.PROC_SUPER_MAGIC:  # a bind mount over /proc: not the kernel's file
+                    raise SetupError("set security label", errno.EXDEV, f"{path} is not on procfs")
+                os.write(fd, value.encode())
+            except OSError as exc:
+                raise SetupError("set security label", exc.errno or errno.EIO, f"{path}: {value}") from None
+            finally:
+                os.close(fd)
+            break
+        else:
+            raise SetupError("set security label", errno.ENOENT, f"no {' or '.join(paths)} to apply {value!r} with")

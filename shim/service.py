@@ -9,6 +9,7 @@ synchronously right after the action they report, and the init's exit waits for 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
@@ -23,7 +24,7 @@ from pyoci.protos import containerd_task_types_pb2 as types_pb2
 from pyoci.protos import containerd_task_v2_pb2 as task_pb2
 from pyoci.protos import runc_options_pb2, typeurl
 from pyoci.runtime.container import Container, CreateOptions
-from pyoci.runtime.errors import ConfigError
+from pyoci.runtime.errors import ConfigError, PyociError
 from pyoci.runtime.spec import parse_process, parse_resources
 from pyoci.runtime.state import Store
 from pyoci.ttrpc import Code, TtrpcError
@@ -199,9 +200,10 @@ class TaskService:
 
     async def _publish_exit(self, init: InitProcess, proc: ShimProcess) -> None:
         if proc is init:
-            if not _has_pid_namespace(init):
-                # without a pid namespace the kernel does not end the other processes: we do, as runc's shim does
-                init.container.cgroup.kill_all(signal.SIGKILL)
+            # without a pid namespace of its own (none, or a pod's joined by path) the kernel does not end the
+            # container's other processes with its init: we do, as runc's shim does, before the exit goes out
+            with contextlib.suppress(PyociError):
+                init.container.kill_rest()
             pending = [e.exited.wait() for e in init.execs.values() if e.pid and not e.exited.is_set()]
             if pending:
                 await asyncio.gather(*pending)  # execs' exits go out before the init's (containerd#9719)
@@ -248,7 +250,7 @@ class TaskService:
         proc = init.process(req.exec_id)
         if req.all and not req.exec_id:
             with status(f"kill {req.id}"):
-                init.container.cgroup.kill_all(req.signal)
+                init.container.kill(req.signal, all_processes=True)  # only a cgroup pyoci made
             return EMPTY
         proc.signal(req.signal)
         if req.signal == signal.SIGKILL and init.status == PAUSED:
@@ -371,10 +373,6 @@ class TaskService:
 
 def _delete_response(proc: ShimProcess) -> task_pb2.DeleteResponse:
     return task_pb2.DeleteResponse(pid=proc.pid, exit_status=proc.exit_status, exited_at=timestamp(proc.exited_at))
-
-
-def _has_pid_namespace(init: InitProcess) -> bool:
-    return init.container is not None and init.container.spec.linux.namespace("pid") is not None
 
 
 def _check_options(options, cid: str) -> None:
