@@ -36,23 +36,34 @@ CNI_RESULTS = Path("/var/lib/cni/results")
 
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "pyoci_bug(reason): a known pyoci bug; strict xfail for the pyoci handler")
+    config.addinivalue_line(
+        "markers",
+        "pyoci_bug(reason, containerd=None): a known pyoci bug; strict xfail for the pyoci handler "
+        "(only on these containerd versions, e.g. containerd=('1.6',), when given)",
+    )
 
 
 def pytest_collection_modifyitems(items):
+    version = None
     for item in items:
         bug = item.get_closest_marker("pyoci_bug")
         callspec = getattr(item, "callspec", None)
-        if bug and callspec and callspec.params.get("handler") == "pyoci":
-            item.add_marker(pytest.mark.xfail(strict=True, reason=f"pyoci bug: {bug.args[0]}"))
+        if not (bug and callspec and callspec.params.get("handler") == "pyoci"):
+            continue
+        only = bug.kwargs.get("containerd")
+        if only is not None:
+            version = version or containerd_version(containerd_under_test())
+            if f"{version[0]}.{version[1]}" not in only:
+                continue
+        item.add_marker(pytest.mark.xfail(strict=True, reason=f"pyoci bug: {bug.args[0]}"))
 
 
-def containerd_major(binary: str) -> int:
+def containerd_version(binary: str) -> tuple[int, int]:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, check=True).stdout
     match = re.search(r"\sv?(\d+)\.(\d+)\.", out)
     if not match:
         raise RuntimeError(f"cannot tell the version of {binary}: {out!r}")
-    return int(match.group(1))
+    return int(match.group(1)), int(match.group(2))
 
 
 @dataclass
@@ -114,7 +125,7 @@ def cri_node():
         pytest.fail("the CRI suite needs root (it runs a private containerd with CNI networking)")
     check_cni_plugins()
     binary = containerd_under_test()
-    major = containerd_major(binary)
+    major = containerd_version(binary)[0]
     base = Path(tempfile.mkdtemp(prefix="pyoci-cri-", dir=os.environ.get("PYOCI_TMP", "/tmp")))
     network = claim_network()
     write_cni_conf(base / "cni", network, base / "ipam")
