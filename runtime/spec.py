@@ -1,22 +1,45 @@
-"""config.json as typed, validated objects (OCI runtime spec v1.0 to v1.2, Linux).
+"""config.json as typed, validated objects (OCI runtime spec 1.x, Linux; pyoci implements up to 1.2).
 
 Everything is checked here, before anything touches the kernel: wrong types and impossible values raise
-:class:`ConfigError` naming the JSON path (``linux.resources.memory.limit: expected integer, got "1G"``).
-Unknown fields are ignored, for forward compatibility. The rest of the runtime reads these objects
-only; it never looks at the raw JSON again.
+:class:`ConfigError` naming the JSON path (``linux.resources.memory.limit: expected integer, got "1G"``),
+hostile input included (nesting, sizes, numbers out of the kernel's range, NUL bytes). Unknown fields are
+ignored, for forward compatibility; settings pyoci knows but does not implement, and a config newer than
+1.2, become :attr:`Spec.warnings`. The rest of the runtime reads these objects only; it never looks at the
+raw JSON again.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError
 
-SUPPORTED_VERSION = re.compile(r"^1\.[012]\.\d+(-[0-9A-Za-z.+-]+)?$")
+log = logging.getLogger("pyoci.runtime")
+
+VERSION = re.compile(r"^(\d+)\.(\d+)\.(\d+)(-[0-9A-Za-z.+-]+)?$")
+KNOWN_MINOR = 2  # the newest runtime-spec 1.x minor pyoci implements; newer 1.x configs run with a warning
+MAX_CONFIG_BYTES = 256 * 2**20  # a 50 MB annotation fits; a config.json the size of the disk does not
+MAX_DEPTH = 100  # how deep a too-deep config.json is searched for the field to name in the error
+MAJOR_MAX, MINOR_MAX = 2**12 - 1, 2**20 - 1  # Linux dev_t: 12-bit major, 20-bit minor
+# Settings of runtime-spec that pyoci does not implement: present, they are ignored with a warning.
+UNSUPPORTED = (
+    (("linux", "resources", "network"), "net_cls/net_prio cgroups are not supported"),
+    (("linux", "resources", "rdma"), "rdma cgroup limits are not supported"),
+    (("linux", "mountLabel"), "SELinux mount labels are not supported"),
+    (("linux", "intelRdt"), "Intel RDT is not supported"),
+    (("linux", "personality"), "execution domains (personality) are not supported"),
+    (("linux", "netDevices"), "moving network devices into the container is not supported"),
+    (("linux", "memoryPolicy"), "NUMA memory policies are not supported"),
+    (("process", "ioPriority"), "I/O priorities are not supported"),
+    (("process", "scheduler"), "scheduling policies are not supported"),
+    (("process", "execCPUAffinity"), "CPU affinity for exec is not supported"),
+)
 NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 RLIMITS = tuple(
     (
@@ -63,7 +86,9 @@ PROPAGATIONS = (
     "runbindable",
 )
 HOOK_KINDS = ("prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop")
+_U16 = 2**16 - 1  # struct winsize
 _U32 = 2**32 - 1
+_ID_MAX = 2**32 - 2  # (uid_t)-1 means "unchanged" to setresuid: never a container's user
 _I64 = 2**63 - 1
 _U64 = 2**64 - 1
 
@@ -300,6 +325,13 @@ class Spec:
     hooks: Hooks = field(default_factory=Hooks)
     annotations: tuple[tuple[str, str], ...] = ()
     linux: Linux = field(default_factory=Linux)
+    # one line each, "config.json: <field>: <why> ; ignored": what pyoci runs without (see UNSUPPORTED)
+    warnings: tuple[str, ...] = ()
+
+    def log_warnings(self) -> None:
+        """Log :attr:`warnings` on the ``pyoci.runtime`` logger (once per container: at create)."""
+        for warning in self.warnings:
+            log.warning("%s", warning)
 
 
 # -------------------------------------------------------------------------------------------- parser
@@ -332,7 +364,10 @@ class _Reader:
 
     def str(self, key: str, default: str = "", required: bool = False) -> str:
         value = self._typed(key, str, "string", required)
-        return default if value is None else value
+        if value is None:
+            return default
+        _text(value, self.at(key), self.source)
+        return value
 
     def bool(self, key: str, default: bool = False) -> bool:
         value = self._typed(key, bool, "boolean", False)
@@ -362,14 +397,31 @@ class _Reader:
         for i, item in enumerate(items):
             if not isinstance(item, str):
                 raise ConfigError(f"{self.at(key)}[{i}]", f"expected string, got {_show(item)}", source=self.source)
+            _text(item, f"{self.at(key)}[{i}]", self.source)
         return tuple(items)
 
     def str_map(self, key: str) -> tuple[tuple[str, str], ...]:
         value = self._typed(key, dict, "object", False) or {}
         for k, v in value.items():
+            _text(k, f"{self.at(key)}.{_shown_key(k)}", self.source)
             if not isinstance(v, str):
                 raise ConfigError(f"{self.at(key)}.{k}", f"expected string, got {_show(v)}", source=self.source)
+            _text(v, f"{self.at(key)}.{k}", self.source)
         return tuple(value.items())
+
+
+def _text(value: str, path: str, source: str) -> None:
+    """Strings become paths, argv, files' contents: no NUL bytes, no lone surrogates (not encodable)."""
+    if "\x00" in value:
+        raise ConfigError(path, "must not contain a NUL byte", source=source)
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ConfigError(path, "is not valid Unicode (a lone surrogate escape)", source=source) from None
+
+
+def _shown_key(key: str) -> str:
+    return key.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\0")[:40]
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:
@@ -401,26 +453,82 @@ def _absolute(r: _Reader, key: str, value: str) -> str:
 
 
 def load_spec(bundle: str | Path) -> Spec:
-    """Read and validate ``<bundle>/config.json``."""
+    """Read and validate ``<bundle>/config.json`` (its warnings are in the result, not logged)."""
     path = Path(bundle) / "config.json"
     try:
-        raw = path.read_bytes()
+        with open(path, "rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError("", f"{path} does not exist") from None
     except OSError as exc:
-        raise ConfigError("", f"cannot read {path}: {exc.strerror}") from None
+        raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError("", f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    return parse_spec(loads(raw))
+
+
+def loads(raw: bytes | str, source: str = "config.json") -> Any:
+    """JSON text → Python objects; every failure (syntax, encoding, nesting too deep) is a ConfigError."""
     try:
-        data = json.loads(raw)
-    except ValueError as exc:
-        raise ConfigError("", f"invalid JSON: {exc}") from None
-    return parse_spec(data)
+        return json.loads(raw)
+    except RecursionError:
+        where = _deep_field(raw)
+        raise ConfigError(where, f"nested too deeply (over ~{sys.getrecursionlimit()} levels)", source=source) from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, an integer of more than 4300 digits
+        raise ConfigError("", f"invalid JSON: {_short(str(exc))}", source=source) from None
+
+
+_TOKEN = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+
+
+def _deep_field(raw: bytes | str) -> str:
+    """The JSON path where ``raw`` first nests deeper than MAX_DEPTH, for the error message: one pass over
+    its strings and brackets, stopping there."""
+    data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
+    stack: list[list[Any]] = []  # per open container: [label, "{" or "[", last key or current index]
+    last = b""
+    for match in _TOKEN.finditer(data):
+        token = match.group()
+        if token in (b"{", b"["):
+            if len(stack) >= MAX_DEPTH:
+                path = "".join(label for label, _, _ in stack).lstrip(".")
+                return path if len(path) <= 80 else path[:77] + "..."
+            label = ""
+            if stack:
+                _, kind, at = stack[-1]
+                label = f"[{at}]" if kind == b"[" else f".{at}"
+            stack.append([label, token, 0 if token == b"[" else ""])
+        elif token in (b"}", b"]"):
+            if stack:
+                stack.pop()
+        elif token == b"," and stack and stack[-1][1] == b"[":
+            stack[-1][2] += 1
+        elif token == b":" and stack and last.startswith(b'"'):
+            stack[-1][2] = last[1:-1].decode("utf-8", "backslashreplace")[:40]
+        last = token
+    return ""
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 120 else text[:117] + "..."
 
 
 def parse_spec(data: Any) -> Spec:
     r = _Reader(data, "", "config.json")
     version = r.str("ociVersion", required=True)
-    if not SUPPORTED_VERSION.match(version):
-        r.fail("ociVersion", f"unsupported version {version!r} (supported: 1.0.x to 1.2.x)")
+    warnings = []
+    match = VERSION.match(version)
+    if not match:
+        r.fail("ociVersion", f"{version!r} is not a version like 1.2.0")
+    assert match is not None
+    if match.group(1) != "1":
+        r.fail("ociVersion", f"unsupported version {version!r} (pyoci runs 1.x configs)")
+    if int(match.group(2)) > KNOWN_MINOR:
+        warnings.append(
+            f"config.json: ociVersion: {version} is newer than the 1.{KNOWN_MINOR} pyoci implements; "
+            "settings added since are ignored"
+        )
+    warnings.extend(_unsupported(data))
     root_r = r.obj("root", required=True)
     assert root_r is not None
     root = Root(root_r.str("path", required=True), root_r.bool("readonly"))
@@ -442,7 +550,19 @@ def parse_spec(data: Any) -> Spec:
         hooks=_hooks(r.obj("hooks")),
         annotations=r.str_map("annotations"),
         linux=linux,
+        warnings=tuple(warnings),
     )
+
+
+def _unsupported(data: dict[str, Any]) -> list[str]:
+    out = []
+    for keys, why in UNSUPPORTED:
+        node: Any = data
+        for key in keys:
+            node = node.get(key) if isinstance(node, dict) else None
+        if node not in (None, "", {}, []):
+            out.append(f"config.json: {'.'.join(keys)}: {why}; ignored")
+    return out
 
 
 def parse_process(data: Any, source: str = "process.json") -> Process:
@@ -475,8 +595,8 @@ def parse_process_reader(r: _Reader) -> Process:
     user = User()
     if user_r:
         user = User(
-            uid=user_r.int("uid", 0, _U32) or 0,
-            gid=user_r.int("gid", 0, _U32) or 0,
+            uid=user_r.int("uid", 0, _ID_MAX) or 0,
+            gid=user_r.int("gid", 0, _ID_MAX) or 0,
             umask=user_r.int("umask", 0, 0o7777),
             additional_gids=tuple(_u32_list(user_r, "additionalGids")),
         )
@@ -498,8 +618,7 @@ def parse_process_reader(r: _Reader) -> Process:
         if kind in seen:
             rl.fail("type", f"duplicate rlimit {kind}")
         seen.add(kind)
-        soft, hard = rl.int("soft", 0, _U64, required=True), rl.int("hard", 0, _U64, required=True)
-        assert soft is not None and hard is not None
+        soft, hard = _rlimit_value(rl, "soft"), _rlimit_value(rl, "hard")
         if soft > hard:
             rl.fail("soft", f"soft limit {soft} exceeds hard limit {hard}")
         rlimits.append(Rlimit(kind, soft, hard))
@@ -508,7 +627,7 @@ def parse_process_reader(r: _Reader) -> Process:
         cwd=cwd,
         env=r.strs("env"),
         terminal=r.bool("terminal"),
-        console_size=(console.int("height", 0, _U32, True), console.int("width", 0, _U32, True)) if console else None,
+        console_size=(console.int("height", 0, _U16, True), console.int("width", 0, _U16, True)) if console else None,
         user=user,
         capabilities=caps,
         rlimits=tuple(rlimits),
@@ -519,11 +638,22 @@ def parse_process_reader(r: _Reader) -> Process:
     )
 
 
+def _rlimit_value(r: _Reader, key: str) -> int:
+    """0 to 2^63-1, or 2^64-1 (RLIM_INFINITY): the kernel's rlim_t as setrlimit takes it."""
+    value = r.int(key, 0, _U64, required=True)
+    assert value is not None
+    if _I64 < value < _U64:
+        r.fail(key, f"{value} is out of range [0, {_I64}] (or {_U64} for unlimited)")
+    return value
+
+
 def _u32_list(r: _Reader, key: str) -> list[int]:
     items = r.list(key)
     for i, item in enumerate(items):
-        if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= _U32:
-            raise ConfigError(f"{r.at(key)}[{i}]", f"expected a uint32, got {_show(item)}", source=r.source)
+        if not isinstance(item, int) or isinstance(item, bool) or not 0 <= item <= _ID_MAX:
+            raise ConfigError(
+                f"{r.at(key)}[{i}]", f"expected an id in [0, {_ID_MAX}], got {_show(item)}", source=r.source
+            )
     return items
 
 
@@ -600,8 +730,8 @@ def _linux(r: _Reader) -> Linux:
         if kind not in ("c", "b", "u", "p"):
             d.fail("type", f"unknown device type {kind!r} (c, b, u or p)")
         path = _absolute(d, "path", d.str("path", required=True))
-        major = d.int("major", 0, _I64, required=kind != "p") or 0
-        minor = d.int("minor", 0, _I64, required=kind != "p") or 0
+        major = d.int("major", 0, MAJOR_MAX, required=kind != "p") or 0
+        minor = d.int("minor", 0, MINOR_MAX, required=kind != "p") or 0
         devices.append(
             Device(
                 kind,
@@ -645,7 +775,9 @@ def _resources(r: _Reader) -> Resources:
         access = d.str("access", "rwm") or "rwm"
         if not set(access) <= set("rwm"):
             d.fail("access", f"must be made of r, w and m, got {access!r}")
-        rules.append(DeviceRule(d.bool("allow"), kind, d.int("major", -1, _I64), d.int("minor", -1, _I64), access))
+        rules.append(
+            DeviceRule(d.bool("allow"), kind, d.int("major", -1, MAJOR_MAX), d.int("minor", -1, MINOR_MAX), access)
+        )
     memory = cpu = block_io = None
     m = r.obj("memory")
     if m:
@@ -688,8 +820,8 @@ def _resources(r: _Reader) -> Resources:
             leaf_weight=b.int("leafWeight", 10, 1000),
             weight_device=tuple(
                 WeightDevice(
-                    w.int("major", 0, _I64, True),
-                    w.int("minor", 0, _I64, True),
+                    w.int("major", 0, MAJOR_MAX, True),
+                    w.int("minor", 0, MINOR_MAX, True),
                     w.int("weight", 10, 1000),
                     w.int("leafWeight", 10, 1000),
                 )
@@ -698,8 +830,8 @@ def _resources(r: _Reader) -> Resources:
             **{
                 name: tuple(
                     ThrottleDevice(
-                        t.int("major", 0, _I64, True),
-                        t.int("minor", 0, _I64, True),
+                        t.int("major", 0, MAJOR_MAX, True),
+                        t.int("minor", 0, MINOR_MAX, True),
                         t.int("rate", 0, _U64, True),
                     )
                     for t in b.objs(key)
@@ -712,17 +844,24 @@ def _resources(r: _Reader) -> Resources:
                 )
             },
         )
-    hugepages = tuple(
-        HugepageLimit(h.str("pageSize", required=True), h.int("limit", 0, _U64, True)) for h in r.objs("hugepageLimits")
-    )
+    hugepages = []
+    for h in r.objs("hugepageLimits"):
+        size = h.str("pageSize", required=True)
+        if not re.fullmatch(r"[1-9][0-9]*[KMGT]B", size):
+            h.fail("pageSize", f"expected a size like 2MB or 1GB, got {size!r}")
+        hugepages.append(HugepageLimit(size, h.int("limit", 0, _U64, True) or 0))
+    unified = r.str_map("unified")
+    for key, _ in unified:
+        if not re.fullmatch(r"[A-Za-z0-9_]+\.[A-Za-z0-9_.]+", key):
+            r.fail("unified", f"{key!r} is not a cgroup v2 file name (like memory.high)")
     return Resources(
         devices=tuple(rules),
         memory=memory,
         cpu=cpu,
         pids_limit=pids_limit,
         block_io=block_io,
-        hugepage_limits=hugepages,
-        unified=r.str_map("unified"),
+        hugepage_limits=tuple(hugepages),
+        unified=unified,
     )
 
 
