@@ -81,7 +81,7 @@ class CriNode:
         """What a removed pod may not leave: shims, mounts, netns, veths, IPs, CNI results, container cgroups."""
         found = [f"shim pid {pid}" for pid in self.containerd.shim_pids()]
         found += [f"mount {m}" for m in mounts_under(self.containerd.base)]
-        found += [f"netns mount {m}" for m in host.nsfs_mounts_under("/") if "cni-" in m]
+        found += [f"netns mount {m}" for m in host.nsfs_mounts_under(str(self.containerd.base))]
         found += [f"veth {p} on {self.network.bridge}" for p in host.bridge_ports(self.network.bridge)]
         ips = self.ipam_dir / self.network.name
         if ips.is_dir():
