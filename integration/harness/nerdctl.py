@@ -71,7 +71,8 @@ def _go_env() -> dict[str, str]:
 def _go(*args: str, cwd: Path | None = None) -> str:
     result = subprocess.run([GO, *args], cwd=cwd, env=_go_env(), capture_output=True, text=True)
     if result.returncode != 0:
-        raise RuntimeError(f"go {' '.join(args)} failed ({result.returncode}):\n{result.stderr[-4000:]}")
+        output = (result.stdout + result.stderr)[-4000:]  # go mod download -json reports its error on stdout
+        raise RuntimeError(f"go {' '.join(args)} failed ({result.returncode}):\n{output}")
     return result.stdout
 
 
