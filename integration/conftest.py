@@ -10,6 +10,7 @@ import contextlib
 import os
 import re
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -68,6 +69,22 @@ async def grpc_client(containerd):
     client = ContainerdClient(containerd.address, NAMESPACE)
     yield client
     client.close()
+
+
+@pytest.fixture
+def busy_cpus():
+    """Every core kept busy for the test (races hide on an idle machine): one spinning process per core,
+    started here and ended by pid here."""
+    hogs = [
+        subprocess.Popen(["sh", "-c", "while :; do :; done"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(os.cpu_count() or 2)
+    ]
+    try:
+        yield [h.pid for h in hogs]
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
 
 
 @pytest.fixture
