@@ -89,8 +89,12 @@ class Store:
         tmp = path.with_suffix(".tmp")
         with open(tmp, "w") as f:
             json.dump(asdict(state), f)
-            f.flush()
-            os.fsync(f.fileno())
+            # State under /run lives no longer than the processes it describes (tmpfs on real hosts): the
+            # atomic rename is all it needs. An fsync there costs 2 ms quiet, up to ~90 ms under disk
+            # contention, on every Create and Start (runc does not fsync its state either).
+            if not (os.path.abspath(self.root) + "/").startswith(("/run/", "/var/run/")):
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
 
     def remove(self, container_id: str) -> None:
