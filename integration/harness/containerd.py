@@ -179,6 +179,14 @@ class Containerd:
             leftovers.append(f"shim pid {pid}: {' '.join(dict(_processes()).get(pid, []))}")
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        # templates remove their socket and record file on SIGTERM; SIGKILL only what does not go
+        templates = self.template_pids()
+        for pid in templates:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2.0
+        while set(templates) & set(self.template_pids()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         for pid in self.template_pids():
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
