@@ -454,6 +454,12 @@ def _absolute(r: _Reader, key: str, value: str) -> str:
 
 def load_spec(bundle: str | Path) -> Spec:
     """Read and validate ``<bundle>/config.json`` (its warnings are in the result, not logged)."""
+    return parse_spec(loads(read_config(bundle)))
+
+
+def read_config(bundle: str | Path) -> bytes:
+    """The bytes of ``<bundle>/config.json``, at most MAX_CONFIG_BYTES: read once, they can be both parsed
+    (:func:`spec_from_bytes`) and kept (a container's config must not change after create)."""
     path = Path(bundle) / "config.json"
     try:
         with open(path, "rb") as f:
@@ -464,6 +470,10 @@ def load_spec(bundle: str | Path) -> Spec:
         raise ConfigError("", f"cannot read {path}: {exc.strerror or exc}") from None
     if len(raw) > MAX_CONFIG_BYTES:
         raise ConfigError("", f"{path} is larger than {MAX_CONFIG_BYTES >> 20} MiB")
+    return raw
+
+
+def spec_from_bytes(raw: bytes) -> Spec:
     return parse_spec(loads(raw))
 
 

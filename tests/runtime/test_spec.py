@@ -449,3 +449,12 @@ def test_fuzz_any_bytes_raise_only_config_error(tmp_path_factory, raw):
         load_spec(write_config(bundle, b'{"ociVersion": "1.2.0", "root": {"path": "r"}, "x": ' + raw))
     except ConfigError:
         pass
+
+
+def test_config_bytes_read_once_parse_to_the_same_spec(tmp_path):
+    raw = json.dumps(config(hostname="h")).encode()
+    write_config(tmp_path, raw)
+    assert spec_module.read_config(tmp_path) == raw
+    assert spec_module.spec_from_bytes(raw) == load_spec(tmp_path)
+    with pytest.raises(ConfigError, match=r"^config.json: .*/nothing/config.json does not exist$"):
+        spec_module.read_config(tmp_path / "nothing")
