@@ -1,23 +1,30 @@
 """Side-by-side measurements: pyoci's shim against containerd's runc shim, on this machine, in one run.
 
-    python -m benchmarks.compare [--runs 20] [--json out.json]
+    python -m benchmarks.compare [--runs 20] [--json out.json] [--only run,cold,exec,binaries,parallel,memory]
 
-Paired runs alternate the two runtimes (so drift and noise hit both alike); we report medians and the
-pyoci/runc ratio. Measured:
-  run      a whole ``ctr run --rm busybox true``
+Paired runs alternate the two runtimes (so drift and noise hit both alike); we report medians, min-max and
+the pyoci/runc ratio. Measured:
+  run      a whole ``ctr run --rm busybox true`` (warm: pyoci's template is up)
+  cold     the same with no template (as after boot or 30 s idle): pyoci's template is ended before each run
   exec     ``ctr task exec ... true`` into a running container
-  start    the shim's ``start`` command alone (pyoci only: the runc shim's needs a real containerd peer)
+  binaries the shim binary's ``start`` (exec to address printed) and ``delete`` (after a shim that left
+           nothing behind), which containerd runs and waits for around every container, pyoci and runc shim
   parallel 20 parallel ``ctr run -d`` until all are RUNNING
   memory   PSS of the shim per container: 10 containers with a shim each, and 10 grouped in one shim
 A private containerd is started for the run and stopped at the end (nothing is timed against a
-system containerd).
+system containerd). The shims run under the interpreter of the venv the benchmark runs from (the one in
+``containerd-shim-pyoci-v2``'s first line): it is printed first, with whether it is a PGO/LTO build, since
+that changes pyoci's times (Debian's /usr/bin/python3 is ~30 % faster to start than an unoptimised build).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -33,6 +40,56 @@ PYOCI = "io.containerd.pyoci.v2"
 RUNC = "io.containerd.runc.v2"
 SHIM = str(Path(sys.executable).parent / "containerd-shim-pyoci-v2")
 
+_PROBE = r"""
+import json, sys, sysconfig
+args = sysconfig.get_config_var("CONFIG_ARGS") or ""
+maps = open("/proc/self/maps").read()
+print(json.dumps({
+    "executable": sys.executable,
+    "version": sys.version.split()[0],
+    "implementation": sys.implementation.name,
+    "pgo": "--enable-optimizations" in args,
+    "lto": "--with-lto" in args,
+    "shared_libpython": "libpython" in maps,
+    "config_args": args,
+}))
+"""
+
+
+def interpreter_info(shim: str = SHIM) -> dict:
+    """The interpreter the shim runs under (its first line), what it is, and how it was built. CONFIG_ARGS
+    records ``--enable-optimizations`` (PGO) and ``--with-lto`` for builds made with them; Debian builds
+    its PGO+LTO /usr/bin/python3.X by its own rules, which CONFIG_ARGS does not show: named apart."""
+    with open(shim) as f:
+        head = f.read(600)
+    first = head.split("\n", 1)[0]
+    kind = "pip console-script wrapper (imports re)" if "\nimport re\n" in head else "lean"
+    interpreter = first[2:].split()[0] if first.startswith("#!/") else sys.executable
+    out = subprocess.run([interpreter, "-I", "-S", "-c", _PROBE], capture_output=True, text=True, check=True)
+    info = json.loads(out.stdout)
+    info["realpath"] = os.path.realpath(interpreter)
+    info["debian_build"] = info["realpath"].startswith("/usr/bin/python3")
+    info["shim_entry_script"] = kind
+    info["editable_install"] = not any(
+        (Path(p) / "pyoci" / "shim" / "main.py").is_file() for p in sys.path if p.endswith("-packages")
+    )
+    return info
+
+
+def describe_interpreter(info: dict) -> str:
+    if info["debian_build"]:
+        build = "Debian's build (PGO+LTO)"
+    elif info["pgo"] or info["lto"]:
+        build = "+".join(name for name in ("PGO", "LTO") if info[name.lower()]) + " build"
+    else:
+        build = "no PGO/LTO in its CONFIG_ARGS"
+    libpython = "shared libpython" if info["shared_libpython"] else "static libpython"
+    install = "editable install" if info["editable_install"] else "regular install"
+    return (
+        f"interpreter: {info['executable']} -> {info['realpath']} ({info['implementation']} {info['version']}, "
+        f"{build}, {libpython}); shim entry: {info['shim_entry_script']}, {install}"
+    )
+
 
 def timed(fn) -> float:
     t = time.perf_counter()
@@ -46,8 +103,19 @@ def paired(runs: int, fn) -> dict:
         order = (PYOCI, RUNC) if i % 2 == 0 else (RUNC, PYOCI)
         for runtime in order:
             samples[runtime].append(timed(lambda runtime=runtime, i=i: fn(runtime, i)))
-    med = {rt: statistics.median(v) * 1000 for rt, v in samples.items()}
-    return {"pyoci_ms": round(med[PYOCI], 1), "runc_ms": round(med[RUNC], 1), "ratio": round(med[PYOCI] / med[RUNC], 2)}
+    return summary(samples[PYOCI], samples[RUNC])
+
+
+def summary(pyoci: list[float], runc: list[float]) -> dict:
+    """Medians, min-max (ms) and the ratio of the medians, from samples in seconds."""
+    med_p, med_r = statistics.median(pyoci) * 1000, statistics.median(runc) * 1000
+    return {
+        "pyoci_ms": round(med_p, 1),
+        "runc_ms": round(med_r, 1),
+        "ratio": round(med_p / med_r, 2),
+        "pyoci_min_max_ms": [round(min(pyoci) * 1000, 1), round(max(pyoci) * 1000, 1)],
+        "runc_min_max_ms": [round(min(runc) * 1000, 1), round(max(runc) * 1000, 1)],
+    }
 
 
 def bench_run(ctr: Ctr, runs: int) -> dict:
@@ -68,31 +136,83 @@ def bench_exec(ctr: Ctr, runs: int) -> dict:
         ctr.remove(*(f"bench-exec-{runtime[14:18]}" for runtime in (PYOCI, RUNC)))
 
 
-def bench_start(containerd: Containerd, runs: int) -> dict:
-    """The ``start`` command alone: what containerd waits for before it can send Create."""
-    samples = []
-    for i in range(runs):
-        bundle = Path(tempfile.mkdtemp(prefix="pyoci-bench-start-"))
+def _wait_for(path: Path, timeout: float = 5.0) -> str:
+    deadline = time.monotonic() + timeout
+    while not path.exists() and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return path.read_text()
+
+
+def bench_binaries(containerd: Containerd, runs: int) -> dict:
+    """The shim binary's ``start`` (exec until it printed the address: what containerd waits for before it can
+    send Create) and ``delete`` (run by containerd after every shim disconnect, and waited for), pyoci's and
+    the runc shim's, interleaved. Each start's daemon is ended and its socket removed after the sample; pyoci's
+    template stays up (the warm path, as in a running node)."""
+    binaries = {PYOCI: SHIM, RUNC: str(Path(containerd.binary).parent / "containerd-shim-runc-v2")}
+    if not os.path.exists(binaries[RUNC]):
+        binaries[RUNC] = shutil.which("containerd-shim-runc-v2", path=containerd.env()["PATH"]) or binaries[RUNC]
+    env = containerd.env()
+    work = Path(tempfile.mkdtemp(prefix="pyoci-bench-bin-"))
+    samples: dict[tuple[str, str], list[float]] = {(rt, a): [] for rt in binaries for a in ("start", "delete")}
+
+    def run(runtime: str, action: str, cid: str) -> None:
+        bundle = work / cid  # containerd's bundle dir is named after the container (the runc shim relies on it)
+        bundle.mkdir()
         (bundle / "config.json").write_text("{}")
-        argv = [
-            SHIM,
-            "-namespace",
-            "bench",
-            "-address",
-            containerd.address,
-            "-publish-binary",
-            "x",
-            "-id",
-            f"s{i}",
-            "start",
-        ]
+        (bundle / "runtime").write_text("runc")  # the runc shim's record of its runtime binary, read by delete
+        argv = [binaries[runtime], "-namespace", "bench", "-address", containerd.address]
+        argv += ["-publish-binary", containerd.binary, "-id", cid]
+        argv += ["-bundle", str(bundle), "delete"] if action == "delete" else ["start"]
         t = time.perf_counter()
-        out = subprocess.run(argv, cwd=bundle, capture_output=True, text=True, check=True, stdin=subprocess.DEVNULL)
-        samples.append(time.perf_counter() - t)
-        assert out.stdout.startswith("unix://"), out
-        os.kill(int((bundle / "shim.pid").read_text()), 15)
-        subprocess.run(["rm", "-rf", str(bundle)], check=False)
-    return {"pyoci_ms": round(statistics.median(samples) * 1000, 1)}
+        out = subprocess.run(argv, cwd=bundle, env=env, capture_output=True, stdin=subprocess.DEVNULL)
+        samples[runtime, action].append(time.perf_counter() - t)
+        assert out.returncode == 0, (argv, out)
+        if action == "start":
+            address = out.stdout.decode().strip()
+            assert address.startswith("unix://"), out
+            with contextlib.suppress(OSError, ValueError):
+                os.kill(int(_wait_for(bundle / "shim.pid")), signal.SIGKILL)
+            with contextlib.suppress(OSError):
+                os.unlink(address.removeprefix("unix://"))
+        shutil.rmtree(bundle, ignore_errors=True)
+
+    try:
+        for round_ in range(2):  # the template (started in the background by the first), and the page cache
+            for runtime in binaries:
+                run(runtime, "start", f"warm{round_}-{runtime[14:18]}")
+            time.sleep(1)
+        for i in range(runs):
+            for action in ("start", "delete"):
+                for runtime in (PYOCI, RUNC) if i % 2 == 0 else (RUNC, PYOCI):
+                    run(runtime, action, f"b{action[0]}-{runtime[14:18]}-{i}")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return {action: summary(samples[PYOCI, action], samples[RUNC, action]) for action in ("start", "delete")}
+
+
+def _end_templates(containerd: Containerd) -> None:
+    for pid in containerd.template_pids():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while containerd.template_pids() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def bench_cold(ctr: Ctr, containerd: Containerd, runs: int) -> dict:
+    """``ctr run --rm`` with no pyoci template (as after boot or 30 s idle): it is ended (untimed) before each
+    pyoci run, so the shim's start forks the daemon itself, which imports everything, and starts a new
+    template. The runc shim keeps no such state: its runs are warm ones, interleaved for the same noise."""
+    samples: dict[str, list[float]] = {PYOCI: [], RUNC: []}
+    for i in range(runs):
+        for runtime in (PYOCI, RUNC) if i % 2 == 0 else (RUNC, PYOCI):
+            if runtime == PYOCI:
+                _end_templates(containerd)
+            cid = f"bench-cold-{runtime[14:18]}-{i}"
+            samples[runtime].append(
+                timed(lambda rt=runtime, c=cid: ctr("run", "--rm", "--runtime", rt, IMAGE_NAME, c, "true"))
+            )
+    return summary(samples[PYOCI], samples[RUNC])
 
 
 def bench_parallel(ctr: Ctr, count: int = 20) -> dict:
@@ -149,38 +269,73 @@ def bench_memory(ctr: Ctr, containerd: Containerd, count: int = 10) -> dict:
     return result
 
 
+def table(results: dict) -> str:
+    """The timing results as a markdown table (medians, min-max, ratio), as README's performance table."""
+    rows = [
+        ("`ctr run --rm busybox true`, warm", "ctr_run_rm_true"),
+        ("... cold (no template)", "ctr_run_rm_true_cold"),
+    ]
+    rows += [("`ctr task exec ... true`", "ctr_task_exec_true"), ("shim binary `start`", "shim_binary_start")]
+    rows += [("shim binary `delete`", "shim_binary_delete")]
+    lines = ["| measure (median, min-max) | pyoci | runc shim + runc | ratio |", "|---|---|---|---|"]
+    for label, key in rows:
+        if key in results:
+            r = results[key]
+            p, q = r["pyoci_min_max_ms"], r["runc_min_max_ms"]
+            lines.append(
+                f"| {label} | {r['pyoci_ms']} ms ({p[0]}-{p[1]}) | {r['runc_ms']} ms ({q[0]}-{q[1]}) | {r['ratio']} |"
+            )
+    if "parallel_run_d_20" in results:
+        r = results["parallel_run_d_20"]
+        lines.append(
+            f"| 20 parallel `ctr run -d` until RUNNING (failed) | {r['pyoci_s']} s ({r['pyoci_failed']}) "
+            f"| {r['runc_s']} s ({r['runc_failed']}) | {round(r['pyoci_s'] / r['runc_s'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", default="")
-    parser.add_argument("--only", default="run,exec,start,parallel,memory")
+    parser.add_argument("--only", default="run,cold,exec,binaries,parallel,memory")
     args = parser.parse_args()
+    info = interpreter_info()
+    print(describe_interpreter(info), flush=True)
+    results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs, "interpreter": info}
     containerd = Containerd(Path(tempfile.mkdtemp(prefix="pyoci-bench-", dir="/tmp")))
     containerd.start()
-    results: dict = {}
     try:
         ctr = Ctr(containerd.address, "bench", containerd.env())
         ctr("images", "import", str(build_busybox_image(containerd.base / "busybox.tar")))
         only = args.only.split(",")
-        if "run" in only:
-            results["ctr_run_rm_true"] = bench_run(ctr, args.runs)
-            print("ctr run --rm true:", results["ctr_run_rm_true"], flush=True)
-        if "exec" in only:
-            results["ctr_task_exec_true"] = bench_exec(ctr, args.runs)
-            print("ctr task exec true:", results["ctr_task_exec_true"], flush=True)
-        if "start" in only:
-            results["shim_start"] = bench_start(containerd, args.runs)
-            print("shim start:", results["shim_start"], flush=True)
-        if "parallel" in only:
-            results["parallel_run_d_20"] = bench_parallel(ctr)
-            print("20 parallel ctr run -d:", results["parallel_run_d_20"], flush=True)
-        if "memory" in only:
-            results["memory"] = bench_memory(ctr, containerd)
-            print("memory:", results["memory"], flush=True)
+        phases = [
+            ("run", "ctr_run_rm_true", "ctr run --rm true (warm)", lambda: bench_run(ctr, args.runs)),
+            (
+                "cold",
+                "ctr_run_rm_true_cold",
+                "ctr run --rm true (cold)",
+                lambda: bench_cold(ctr, containerd, args.runs),
+            ),
+            ("exec", "ctr_task_exec_true", "ctr task exec true", lambda: bench_exec(ctr, args.runs)),
+            ("binaries", "shim_binary", "shim binary start/delete", lambda: bench_binaries(containerd, args.runs)),
+            ("parallel", "parallel_run_d_20", "20 parallel ctr run -d", lambda: bench_parallel(ctr)),
+            ("memory", "memory", "memory", lambda: bench_memory(ctr, containerd)),
+        ]
+        for name, key, label, fn in phases:
+            if name not in only:
+                continue
+            result = fn()
+            if name == "binaries":
+                results["shim_binary_start"], results["shim_binary_delete"] = result["start"], result["delete"]
+            else:
+                results[key] = result
+            print(f"{label}:", result, flush=True)
     finally:
         left = containerd.stop()
         if left:
             print("benchmark left behind (cleaned):", left, file=sys.stderr)
+    print(f"\n{results['date']}, {args.runs} interleaved runs; {describe_interpreter(info)}\n{table(results)}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
     return 0
