@@ -291,7 +291,10 @@ def test_run_forwards_sigterm(bundle):
     bundle.write()
     runner = subprocess.Popen([PYOCI, "--root", str(bundle.root), "run", "--bundle", str(bundle.path), bundle.id])
     try:
-        time.sleep(0.8)
+        deadline = time.monotonic() + 30  # forwarding starts once the container runs (slow on a loaded machine)
+        while '"running"' not in bundle.pyoci("state", bundle.id).stdout:
+            assert time.monotonic() < deadline and runner.poll() is None
+            time.sleep(0.1)
         runner.send_signal(signal.SIGTERM)
         assert runner.wait(10) == 143
     finally:

@@ -286,7 +286,7 @@ def cmd_start(args) -> int:
 
 
 def cmd_state(args) -> int:
-    print(json.dumps(_load(args).oci_state(), indent=2))
+    print(json.dumps(_load(args).oci_state().to_json(), indent=2))
     return 0
 
 
@@ -426,13 +426,13 @@ def cmd_list(args) -> int:
         except Exception as exc:  # a half-deleted container must not break listing
             log.debug("list: %s: %s", cid, exc)
     if args.quiet:
-        print("\n".join(s["id"] for s in states))
+        print("\n".join(s.id for s in states))
     elif args.format == "json":
-        print(json.dumps(states))
+        print(json.dumps([s.to_json() for s in states]))
     else:
         print(f"{'ID':<24}{'PID':<10}{'STATUS':<10}{'BUNDLE':<40}{'CREATED':<32}OWNER")
         for s in states:
-            print(f"{s['id']:<24}{s['pid']:<10}{s['status']:<10}{s['bundle']:<40}{s['created']:<32}{s['owner']}")
+            print(f"{s.id:<24}{s.pid:<10}{s.status:<10}{s.bundle:<40}{s.created:<32}{s.owner}")
     return 0
 
 

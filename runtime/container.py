@@ -32,6 +32,35 @@ log = logging.getLogger("pyoci.runtime")
 CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
 
 
+@dataclass(frozen=True)
+class OciState:
+    """The container state runtime-spec defines (runtime.md, "State"): what ``pyoci state`` prints and what
+    hooks read on stdin."""
+
+    oci_version: str
+    id: str
+    status: str
+    pid: int
+    bundle: str
+    rootfs: str
+    created: str
+    annotations: dict[str, str]
+    owner: str
+
+    def to_json(self) -> dict:
+        return {
+            "ociVersion": self.oci_version,
+            "id": self.id,
+            "status": self.status,
+            "pid": self.pid,
+            "bundle": self.bundle,
+            "rootfs": self.rootfs,
+            "created": self.created,
+            "annotations": self.annotations,
+            "owner": self.owner,
+        }
+
+
 @dataclass
 class CreateOptions:
     stdio: tuple[int, int, int] | None = None  # fds for the init's stdin/stdout/stderr (None: inherit)
@@ -150,22 +179,15 @@ class Container:
         linux = spec.linux
         new = 0
         new_user = False
-        join: list[tuple[int, int]] = []
+        to_join: list[tuple[str, str, str]] = []
         for i, ns in enumerate(linux.namespaces):
-            flag = k.NAMESPACE_FLAGS[ns.type]
-            if not ns.path:
-                if ns.type == "user":
-                    new_user = True
-                else:
-                    new |= flag
-                continue
-            try:
-                fd = os.open(ns.path, os.O_RDONLY | os.O_CLOEXEC)
-            except OSError as exc:
-                raise ConfigError(f"linux.namespaces[{i}].path", f"cannot open {ns.path}: {exc.strerror}") from None
-            join_fds.append(fd)
-            join.append((flag, fd))
-        join.sort(key=lambda item: item[0] != k.CLONE_NEWUSER)  # the user namespace is joined first
+            if ns.path:
+                to_join.append((ns.type, ns.path, f"linux.namespaces[{i}].path"))
+            elif ns.type == "user":
+                new_user = True
+            else:
+                new |= k.NAMESPACE_FLAGS[ns.type]
+        join = _open_namespaces(to_join, join_fds)
         return proc.Plan(
             process=spec.process,
             spec=spec,
@@ -190,7 +212,7 @@ class Container:
 
     def _runtime_hooks(self, pid: int) -> dict:
         self.state.pid = pid
-        state = self.oci_state(status="creating")
+        state = self.oci_state(status="creating").to_json()
         hooks = self.spec.hooks
         run_hooks("prestart", hooks.prestart, state)
         run_hooks("createRuntime", hooks.create_runtime, state)
@@ -230,19 +252,19 @@ class Container:
             pass
         return RUNNING
 
-    def oci_state(self, status: str | None = None) -> dict:
+    def oci_state(self, status: str | None = None) -> OciState:
         status = status or self.status()
-        return {
-            "ociVersion": self.state.oci_version,
-            "id": self.id,
-            "status": status,
-            "pid": self.state.pid if status != STOPPED else 0,
-            "bundle": self.state.bundle,
-            "rootfs": self.state.rootfs,
-            "created": self.state.created,
-            "annotations": self.state.annotations,
-            "owner": self.state.owner,
-        }
+        return OciState(
+            oci_version=self.state.oci_version,
+            id=self.id,
+            status=status,
+            pid=self.state.pid if status != STOPPED else 0,
+            bundle=self.state.bundle,
+            rootfs=self.state.rootfs,
+            created=self.state.created,
+            annotations=self.state.annotations,
+            owner=self.state.owner,
+        )
 
     # ------------------------------------------------------------------------------------- lifecycle
 
@@ -256,7 +278,7 @@ class Container:
             self.state.started = True
             self.store.save(self.state)
         self.close_init_channel()
-        run_hooks("poststart", self.spec.hooks.poststart, self.oci_state(), on_error=self._warn)
+        run_hooks("poststart", self.spec.hooks.poststart, self.oci_state().to_json(), on_error=self._warn)
 
     def kill(self, sig: int, all_processes: bool = False) -> None:
         status = self.status()
@@ -303,7 +325,8 @@ class Container:
                 self.cgroup.destroy_all()
             self.close_init_channel()
         try:
-            run_hooks("poststop", self.spec.hooks.poststop, self.oci_state(status=STOPPED), on_error=self._warn)
+            state = self.oci_state(status=STOPPED).to_json()
+            run_hooks("poststop", self.spec.hooks.poststop, state, on_error=self._warn)
         except (PyociError, OSError) as exc:  # the bundle's config.json may be gone by now
             log.warning("%s: %s", self.id, exc)
         self.store.remove(self.id)
@@ -348,16 +371,10 @@ class Container:
         security.check_lsm(process, source="exec process")
         fds: list[int] = []
         try:
-            join = []
-            for ns in spec.linux.namespaces:
-                path = f"/proc/{self.state.pid}/ns/{k.NAMESPACE_FILES[ns.type]}"
-                try:
-                    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-                except OSError as exc:
-                    raise SetupError("open namespace", exc.errno or errno.EIO, path) from None
-                fds.append(fd)
-                join.append((k.NAMESPACE_FLAGS[ns.type], fd))
-            join.sort(key=lambda item: item[0] != k.CLONE_NEWUSER)
+            ns_dir = f"/proc/{self.state.pid}/ns"
+            join = _open_namespaces(
+                [(ns.type, f"{ns_dir}/{k.NAMESPACE_FILES[ns.type]}", "") for ns in spec.linux.namespaces], fds
+            )
             plan = proc.Plan(
                 process=process,
                 stdio=stdio,
@@ -372,6 +389,24 @@ class Container:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+def _open_namespaces(entries: list[tuple[str, str, str]], opened: list[int]) -> list[tuple[int, int]]:
+    """fds of the namespaces to join, as (CLONE_* flag, fd), the user namespace first (it decides what the
+    others may be joined with). ``entries`` are (type, path, config field naming the path, or ""); each fd
+    opened is appended to ``opened`` for the caller to close."""
+    join = []
+    for ns_type, path, where in entries:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if where:
+                raise ConfigError(where, f"cannot open {path}: {exc.strerror}") from None
+            raise SetupError("open namespace", exc.errno or errno.EIO, path) from None
+        opened.append(fd)
+        join.append((k.NAMESPACE_FLAGS[ns_type], fd))
+    join.sort(key=lambda item: item[0] != k.CLONE_NEWUSER)
+    return join
 
 
 def _host_id(mappings, container_id: int) -> int:
