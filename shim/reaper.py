@@ -1,6 +1,11 @@
 """The shim is a child subreaper: every process of every container ends up as our child. One SIGCHLD
 handler in the event loop reaps them all and hands each exit to whoever registered its pid; an exit of
-a pid nobody registered yet is kept, so that a process that dies before its owner subscribes is not lost."""
+a pid nobody registered yet is kept, so that a process that dies before its owner subscribes is not lost.
+
+It waits only for children of the main thread (``__WNOTHREAD``): container processes land there once their
+forking parent exits (the kernel reparents orphans to a subreaper's first live thread). Children the runtime
+forks on a worker thread (the fork protocol's first child, hook processes) are that thread's, waited for by
+it by pid: the reaper must not take their exit statuses."""
 
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ class Exit:
 
 
 ExitHandler = Callable[[Exit], None]
+WNOTHREAD = 0x20000000  # linux/wait.h __WNOTHREAD: only the calling thread's children
 
 
 def exit_code(wait_status: int) -> int:
@@ -52,7 +58,7 @@ class Reaper:
     def reap(self) -> None:
         while True:
             try:
-                pid, wait_status = os.waitpid(-1, os.WNOHANG)
+                pid, wait_status = os.waitpid(-1, os.WNOHANG | WNOTHREAD)
             except ChildProcessError:
                 return
             if pid == 0:
