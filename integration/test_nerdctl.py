@@ -31,11 +31,6 @@ NAMESPACE = f"pyoci-nd-{os.getpid()}"  # one per session: the CNI rules it leave
 LONG_RUNNING = ("sh", "-c", 'echo started; trap "echo stopping; exit 0" TERM; while :; do sleep 0.1; done')
 
 
-def pyoci_bug(reason: str):
-    """An expected failure under pyoci only (strict: it must fail, so a fix shows up)."""
-    return pytest.mark.xfail(strict=True, reason=f"pyoci bug: {reason}")
-
-
 @pytest.fixture(scope="session")
 def nerdctl_network(containerd, busybox_image):
     ctr = Ctr(containerd.address, NAMESPACE, containerd.env())
@@ -137,14 +132,7 @@ def test_net_none_has_no_interface_but_loopback(nd):
     assert result.stdout.split() == ["lo"], result
 
 
-def test_loopback_is_up_in_a_new_network_namespace(nd, request):
-    if "pyoci" in nd.runtime:
-        request.applymarker(
-            pyoci_bug(
-                "lo is left DOWN in a new network namespace; runc brings it up (its 'loopback' network for a"
-                " netns it creates): `ip addr show lo` gives '1: lo: <LOOPBACK> mtu 65536 qdisc noop', no 127.0.0.1"
-            )
-        )
+def test_loopback_is_up_in_a_new_network_namespace(nd):
     result = nd.run("--rm", "--net", "none", nd.image, "ip", "addr", "show", "lo")
     assert "inet 127.0.0.1/8" in result.stdout and "UP" in result.stdout.split("\n")[0], result.stdout
 

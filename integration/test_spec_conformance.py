@@ -35,3 +35,34 @@ def test_a_config_without_a_mount_namespace_is_refused(bundle):
         "its mounts would change the host's"
     ]
     assert not bundle.leftovers()
+
+
+@pytest.mark.parametrize(
+    "key, drop, reason",
+    [
+        ("vm.swappiness", None, "is not in a separate kernel namespace"),
+        ("net.core.somaxconn", "network", "needs a network namespace"),
+        ("kernel.shm_rmid_forced", "ipc", "needs an ipc namespace"),
+    ],
+    ids=["host-only", "net-without-netns", "ipc-without-ipcns"],
+)
+def test_a_sysctl_no_namespace_of_the_container_isolates_is_refused(bundle, key, drop, reason):
+    with open(f"/proc/sys/{key.replace('.', '/')}") as f:
+        before = f.read()
+    bundle.config["linux"]["sysctl"] = {key: before.strip()}
+    if drop:
+        bundle.config["linux"]["namespaces"] = [n for n in bundle.config["linux"]["namespaces"] if n["type"] != drop]
+    bundle.write()
+    result = bundle.pyoci("create", "--bundle", str(bundle.path), bundle.id)
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"pyoci: ERROR: config.json: linux.sysctl.{key}: {reason}"), lines
+    assert not bundle.leftovers()
+
+
+def test_loopback_is_up_in_a_new_network_namespace(bundle):
+    bundle.config["process"]["args"] = ["ip", "addr", "show", "lo"]
+    bundle.write()
+    result = bundle.pyoci("run", "--bundle", str(bundle.path), bundle.id)
+    assert result.returncode == 0, result.stderr
+    assert "inet 127.0.0.1/8" in result.stdout and ",UP" in result.stdout.splitlines()[0], result.stdout

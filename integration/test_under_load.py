@@ -67,9 +67,15 @@ def _hook(script: str) -> dict:
 def test_poststart_sees_the_started_process_and_failing_hooks_do_not_stop_the_rest(bundle, busy_cpus, tmp_path):
     seen, after_poststart, after_poststop = tmp_path / "seen", tmp_path / "poststart-2", tmp_path / "poststop-2"
     # what the container's pid runs at poststart; then the hook ends it (so each round is short)
-    exe_of_pid = r"""pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p'); readlink /proc/$pid/exe; kill -9 $pid"""
+    exe_of_pid = (
+        r"""pid=$(sed -n 's/.*"pid": *\([0-9]*\).*/\1/p'); """
+        r"""readlink /proc/$pid/exe 2>&1 || echo "unreadable $pid $(cat /proc/$pid/stat)"; """
+        r"""[ "${pid:-0}" -gt 1 ] && kill -9 $pid"""
+    )
     exe_of_pid = "{ " + exe_of_pid + "; }"
     bundle.config["hooks"] = {
+        # in the container, between start and execve: poststart must wait for it
+        "startContainer": [{"path": "/bin/sleep", "args": ["sleep", "0.2"]}],
         "poststart": [_hook("exit 3"), _hook(f"{exe_of_pid} >> {seen}; echo ok >> {after_poststart}")],
         "poststop": [_hook("exit 4"), _hook(f"echo ok >> {after_poststop}")],
     }

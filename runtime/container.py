@@ -118,6 +118,7 @@ class Container:
             raise ConfigError(
                 "root.path", f"{spec.root.path} resolves to the host's / (a container needs a rootfs of its own)"
             )
+        _check_sysctls(spec)
         if spec.linux.namespace("mount") is None:
             raise ConfigError(
                 "linux.namespaces",
@@ -389,6 +390,51 @@ class Container:
         finally:
             for fd in fds:
                 os.close(fd)
+
+
+# sysctls the ipc namespace isolates (runc's validator); net.* need a network namespace, kernel.hostname and
+# kernel.domainname a uts one. Any other sysctl would change the host.
+_IPC_SYSCTLS = frozenset(
+    {
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    }
+)
+
+
+def _check_sysctls(spec: Spec) -> None:
+    """Every sysctl must be one a namespace of the container isolates, or it would be written to the host."""
+    linux = spec.linux
+    for key, _value in linux.sysctl:
+        where = f"linux.sysctl.{key}"
+        if key in _IPC_SYSCTLS or key.startswith("fs.mqueue."):
+            if linux.namespace("ipc") is None:
+                raise ConfigError(where, "needs an ipc namespace (the config has none)")
+        elif key.startswith("net."):
+            net = linux.namespace("network")
+            if net is None:
+                raise ConfigError(where, "needs a network namespace (the config has none)")
+            if net.path and _same_file(net.path, "/proc/self/ns/net"):
+                raise ConfigError(where, "not allowed in the host's network namespace")
+        elif key in ("kernel.hostname", "kernel.domainname"):
+            if linux.namespace("uts") is None:
+                raise ConfigError(where, "needs a uts namespace (the config has none)")
+        else:
+            raise ConfigError(where, "is not in a separate kernel namespace: it would change the host")
+
+
+def _same_file(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
 
 
 def _open_namespaces(entries: list[tuple[str, str, str]], opened: list[int]) -> list[tuple[int, int]]:

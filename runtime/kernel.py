@@ -258,3 +258,21 @@ def fs_type(fd: int) -> int:
     buf = ctypes.create_string_buffer(128)  # struct statfs is 120 bytes on 64-bit; f_type comes first
     _check(_libc.fstatfs(ctypes.c_int(fd), buf), "fstatfs")
     return ctypes.c_long.from_buffer(buf).value
+
+
+SIOCGIFFLAGS = 0x8913
+SIOCSIFFLAGS = 0x8914
+IFF_UP = 0x1
+
+
+def loopback_up() -> None:
+    """Bring ``lo`` up in this process's network namespace (a new one starts with it down; runc does this)."""
+    import fcntl
+    import socket
+    import struct
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        request = struct.pack("16sh22x", b"lo", 0)  # struct ifreq: name, flags, padding to 40 bytes
+        flags = struct.unpack("16sh22x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
+        if not flags & IFF_UP:
+            fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))

@@ -499,6 +499,9 @@ def _enter_namespaces(plan: Plan, channel: Channel) -> None:
     if plan.new_namespaces:
         with _Step("unshare namespaces"):
             k.unshare(plan.new_namespaces)
+    if plan.new_namespaces & k.CLONE_NEWNET:
+        with _Step("bring up lo"):
+            k.loopback_up()
     if plan.time_offsets:
         # /proc/self files of a non-dumpable process belong to the host's root: writable in a new user
         # namespace only while dumpable. A is not in the container's pid namespace, so nothing there sees it.

@@ -41,17 +41,9 @@ async def _assert_refused(pods, name: str, **pod_options) -> None:
         assert _host_value(name) == before
 
 
-@pytest.mark.pyoci_bug(
-    "RunPodSandbox succeeds: pyoci writes a sysctl that no namespace of the container isolates (here "
-    "vm.swappiness) to the host; runc refuses it ('sysctl \"vm.swappiness\" is not in a separate kernel namespace')"
-)
 async def test_a_sysctl_outside_the_pods_namespaces_is_refused(pods):
     await _assert_refused(pods, "vm.swappiness")
 
 
-@pytest.mark.pyoci_bug(
-    "RunPodSandbox succeeds: with hostNetwork pyoci writes net.* sysctls into the host's network namespace; runc "
-    "refuses them ('sysctl \"net.core.somaxconn\" not allowed in host network namespace')"
-)
 async def test_a_net_sysctl_in_the_host_network_is_refused(pods):
     await _assert_refused(pods, "net.core.somaxconn", network=NODE)
