@@ -203,7 +203,7 @@ BAD_INPUT = {
         ),
         "mount bind on /mnt",
     ),
-    "bad-sysctl": (lambda c: c["linux"].update(sysctl={"kernel.no_such_key": "1"}), "set sysctl: kernel.no_such_key"),
+    "bad-sysctl": (lambda c: c["linux"].update(sysctl={"net.no_such_key": "1"}), "set sysctl: net.no_such_key"),
     "failing-prestart-hook": (
         lambda c: c.update(hooks={"prestart": [{"path": "/bin/false"}]}),
         "prestart hook /bin/false: exited with status 1",

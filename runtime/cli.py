@@ -318,16 +318,16 @@ def cmd_delete(args) -> int:
 def cmd_exec(args) -> int:
     from . import kernel
     from .errors import ConfigError
-    from .spec import Capabilities, User, parse_process
+    from .spec import Capabilities, User, loads, parse_process
 
     container = _load(args)
     if args.process:
         try:
-            with open(args.process) as f:
-                data = json.load(f)
-        except (OSError, ValueError) as exc:
+            with open(args.process, "rb") as f:
+                raw = f.read()
+        except OSError as exc:
             raise ConfigError("", f"cannot read {args.process}: {exc}", source="process") from None
-        process = parse_process(data, source=args.process)
+        process = parse_process(loads(raw, source=args.process), source=args.process)
     else:
         base = container.spec.process
         if not args.command_args:
@@ -393,15 +393,19 @@ def cmd_resume(args) -> int:
 
 def cmd_update(args) -> int:
     from .errors import ConfigError
-    from .spec import parse_resources
+    from .spec import loads, parse_resources
 
     data: dict = {}
     if args.resources:
         try:
-            text = sys.stdin.read() if args.resources == "-" else open(args.resources).read()
-            data = json.loads(text)
-        except (OSError, ValueError) as exc:
+            if args.resources == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.resources) as f:
+                    text = f.read()
+        except OSError as exc:
             raise ConfigError("", f"cannot read {args.resources}: {exc}", source="resources") from None
+        data = loads(text, source="resources")
     for key, flag in (("limit", args.memory), ("swap", args.memory_swap)):
         if flag is not None:
             data.setdefault("memory", {})[key] = flag

@@ -24,7 +24,7 @@ from .cgroups import Manager, open_cgroup
 from .errors import ConfigError, InvalidState, PyociError, SetupError
 from .hooks import run_hooks
 from .seccomp import compile_filter
-from .spec import Process, Resources, Spec, load_spec
+from .spec import Process, Resources, Spec, load_spec, read_config, spec_from_bytes
 from .state import State, Store, process_start_time, process_status, validate_id
 
 log = logging.getLogger("pyoci.runtime")
@@ -90,8 +90,11 @@ class Container:
 
     @property
     def spec(self) -> Spec:
+        """The config as it was at create (a copy in the state dir: changes to the bundle's config.json after
+        create must not affect the container); the bundle's for containers made before that copy existed."""
         if self._spec is None:
-            self._spec = load_spec(self.state.bundle)
+            copy = self.store.dir(self.id) / "config.json"
+            self._spec = spec_from_bytes(copy.read_bytes()) if copy.exists() else load_spec(self.state.bundle)
         return self._spec
 
     @property
@@ -107,7 +110,8 @@ class Container:
         options = options or CreateOptions()
         validate_id(container_id)
         bundle = os.path.abspath(bundle)
-        spec = load_spec(bundle)
+        raw = read_config(bundle)
+        spec = spec_from_bytes(raw)
         if spec.process is None:
             raise ConfigError("process", "required to create a container")
         security.check_lsm(spec.process)
@@ -141,6 +145,8 @@ class Container:
             # the state is on disk before anything is made, so that a create killed half-way can be deleted
             container.state.cgroup_owned = not container.cgroup.exists()
             store.save(container.state)
+            (store.dir(container_id) / "config.json").write_bytes(raw)
+            spec.log_warnings()
             container._create(spec, options)
         except BaseException:
             container._undo_create()
@@ -201,7 +207,7 @@ class Container:
             gid_map="".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in linux.gid_mappings),
             time_offsets="".join(f"{clock} {secs} {nsecs}\n" for clock, secs, nsecs in linux.time_offsets),
             cgroup_paths=self.state.cgroup_paths,
-            caps=security.cap_sets(spec.process.capabilities, security.host_bounding_set()),
+            caps=self._caps(spec.process, "process"),
             rlimits=security.rlimits(spec.process),
             seccomp=compile_filter(linux.seccomp) if linux.seccomp else None,
             exec_fifo=fifo_fd,
@@ -305,7 +311,10 @@ class Container:
             self.cgroup.kill_all(signal.SIGKILL)
 
     def spec_has_own_pid_namespace(self) -> bool:
-        ns = self.spec.linux.namespace("pid")
+        try:
+            ns = self.spec.linux.namespace("pid")
+        except (PyociError, OSError):
+            return False  # no config to tell: treat it as shared (kill what is left of a cgroup pyoci made)
         return ns is not None and not ns.path
 
     def delete(self, force: bool = False) -> None:
@@ -331,6 +340,17 @@ class Container:
         except (PyociError, OSError) as exc:  # the bundle's config.json may be gone by now
             log.warning("%s: %s", self.id, exc)
         self.store.remove(self.id)
+
+    def _caps(self, process: Process, source: str) -> security.CapSets | None:
+        caps = security.cap_sets(process.capabilities, security.host_bounding_set())
+        if caps is not None and caps.missing:
+            log.warning(
+                "%s: %s.capabilities: %s cannot be granted (not in the host's bounding set); running without",
+                self.id,
+                source,
+                ", ".join(caps.missing),
+            )
+        return caps
 
     def _warn(self, exc: Exception) -> None:
         log.warning("%s: %s", self.id, exc)
@@ -380,7 +400,7 @@ class Container:
                 process=process,
                 stdio=stdio,
                 join=join,
-                caps=security.cap_sets(process.capabilities, security.host_bounding_set()),
+                caps=self._caps(process, "exec process"),
                 rlimits=security.rlimits(process),
                 seccomp=compile_filter(spec.linux.seccomp) if spec.linux.seccomp else None,
                 terminal=process.terminal,

@@ -3,7 +3,8 @@
 Everything that can be computed or validated is done in the parent, into a :class:`Plan`; the child
 only makes syscalls, in one linear sequence, and reports a failure as an :class:`Error` (step + errno).
 The child never returns into the caller's code (it ends in ``execve`` or ``os._exit``), uses no asyncio
-and takes no locks, so forking from the shim's single-threaded event loop is safe. It is non-dumpable
+and takes no locks, so forking from a worker thread of the shim is safe (the forking thread waits for its
+first child by pid; the shim's reaper only reaps the main thread's children). It is non-dumpable
 from its first instruction (no container process can open its /proc files: exe, environ, mem, fd) until
 ``execve``, and marks every fd >= 3 close-on-exec just before it, keeping only ``preserve_fds``.
 

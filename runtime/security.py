@@ -25,6 +25,7 @@ class CapSets:
     permitted: int
     inheritable: int
     ambient: tuple[int, ...]
+    missing: tuple[str, ...] = ()  # asked for, but the host cannot grant them (not in its bounding set)
 
 
 def _mask(names: tuple[str, ...], allowed: int) -> int:
@@ -49,7 +50,9 @@ def cap_sets(caps: Capabilities | None, allowed: int) -> CapSets | None:
     if caps is None:
         return None
     ambient = _mask(caps.ambient, allowed) & _mask(caps.inheritable, allowed) & _mask(caps.permitted, allowed)
+    asked = {*caps.bounding, *caps.effective, *caps.permitted, *caps.inheritable, *caps.ambient}
     return CapSets(
+        missing=tuple(sorted(name for name in asked if not allowed >> CAP_NUMBER[name] & 1)),
         bounding=_mask(caps.bounding, allowed),
         effective=_mask(caps.effective, allowed),
         permitted=_mask(caps.permitted, allowed),

@@ -66,6 +66,7 @@ async def _serve(flags, listener: socket.socket) -> None:
 
     from .events import Publisher
     from .reaper import Reaper
+    from .runtime import PyociRuntime
     from .service import TASK_SERVICE, TaskService
 
     loop = asyncio.get_running_loop()
@@ -74,7 +75,7 @@ async def _serve(flags, listener: socket.socket) -> None:
     reaper.install(loop)
     publisher = Publisher(flags.ttrpc_address, flags.namespace)
     publisher.start()
-    service = TaskService(Store(os.path.join(STATE_ROOT, flags.namespace)), reaper, publisher, stop.set)
+    service = TaskService(PyociRuntime(Store(os.path.join(STATE_ROOT, flags.namespace))), reaper, publisher, stop.set)
     server = Server()
     server.register(TASK_SERVICE, service)
     for sig in (signal.SIGTERM, signal.SIGINT):

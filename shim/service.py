@@ -29,13 +29,12 @@ from pyoci.protos import containerd_task_types_pb2 as types_pb2
 from pyoci.protos import containerd_task_v2_pb2 as task_pb2
 from pyoci.protos import runc_options_pb2, typeurl
 from pyoci.runtime.errors import AlreadyExists, NotFound
-from pyoci.runtime.state import Store
 
 from .errors import InvalidArgument, Unimplemented, boundary, status
 from .events import timestamp
 from .oom import OOMWatcher
 from .reaper import Exit, Reaper
-from .runtime import PyociRuntime, Runtime
+from .runtime import Runtime
 from .task import DELETED, STOPPED, ExecProcess, InitProcess, ShimProcess
 
 log = logging.getLogger("pyoci.shim")
@@ -64,13 +63,13 @@ def _runs_to_end(handler):
 class TaskService:
     def __init__(
         self,
-        runtime: Runtime | Store,
+        runtime: Runtime,
         reaper: Reaper,
         publisher: EventSink,
         on_shutdown,
         oom: OOMWatcher | None = None,
     ) -> None:
-        self.runtime: Runtime = PyociRuntime(runtime) if isinstance(runtime, Store) else runtime
+        self.runtime = runtime
         self.namespace = publisher.namespace
         self.reaper = reaper
         self.publisher = publisher

@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import dataclasses
 import enum
-import json
 import signal
 import time
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ from typing import Any
 
 from pyoci.protos import containerd_task_types_pb2 as types_pb2
 from pyoci.runtime.errors import AlreadyExists, ConfigError, InvalidState, NotFound, PyociError
-from pyoci.runtime.spec import Process, parse_process, parse_resources
+from pyoci.runtime.spec import Process, loads, parse_process, parse_resources
 
 from .errors import status
 from .reaper import Exit
@@ -163,7 +162,10 @@ class ShimProcess:
             self.io.close()
 
     def signal(self, container: RuntimeContainer, sig: int) -> None:
-        if self.status in (STOPPED, DELETED) or not self.pid:
+        if not self.pid:  # never started (or its start failed): as the runc shim, not "finished", which
+            # containerd 1.6 would wait on for an exit that never comes
+            raise InvalidState(f"{self.name}: process not created")
+        if self.status in (STOPPED, DELETED):
             raise NotFound(f"{self.name}: process already finished")
         try:
             container.signal(self.pid, sig)
@@ -269,10 +271,7 @@ class InitProcess(ShimProcess):
 
     async def update(self, resources_json: bytes) -> list[str]:
         with status(f"update {self.container_id}"):
-            try:
-                data = json.loads(resources_json or b"{}")
-            except ValueError as exc:
-                raise ConfigError("", f"not JSON: {exc}", source="UpdateTaskRequest.resources") from None
+            data = loads(resources_json or b"{}", source="UpdateTaskRequest.resources")
             return await self.runtime.update(parse_resources(data, source="UpdateTaskRequest.resources"))
 
     async def pids(self) -> list[tuple[int, str]]:
@@ -295,10 +294,7 @@ class InitProcess(ShimProcess):
             raise AlreadyExists(f"exec {exec_id} of container {self.container_id}: already exists")
         self.lifecycle.require("exec")
         with status(f"exec {exec_id} of container {self.container_id}"):
-            try:
-                data = json.loads(spec_json)
-            except ValueError as exc:
-                raise ConfigError("", f"not JSON: {exc}", source=f"exec {exec_id} spec") from None
+            data = loads(spec_json, source=f"exec {exec_id} spec")
             spec = parse_process(data, source=f"exec {exec_id} spec")
         if spec.terminal != terminal:
             spec = dataclasses.replace(spec, terminal=terminal)

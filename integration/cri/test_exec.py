@@ -19,13 +19,6 @@ async def test_exec_sync_output_and_exit_codes(pods):
     assert big.exit_code == 0 and len(big.stdout) == 1048576
 
 
-@pytest.mark.pyoci_bug(
-    "ExecSync of a missing binary answers only after 60 s: the shim's Kill of an exec whose start failed (pid 0) "
-    "answers NOT_FOUND 'process already finished' where the runc shim answers FAILED_PRECONDITION 'process not "
-    "created', so containerd's WithProcessKill waits for an exit that never comes until its 1-minute deferred context "
-    "ends (shim/task.py ShimProcess.require_signalable); containerd 1.7 and 2.1 do not wait there",
-    containerd=("1.6",),
-)
 async def test_exec_sync_of_a_missing_binary_fails(pods):
     pod = await pods.run("exec-missing")
     cid = await pod.start("a", "sleep", "1000")
