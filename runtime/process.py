@@ -341,11 +341,9 @@ def release(fifo: str, pid: int, timeout: float | None = None) -> None:
 
 
 def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
+    from .procfs import process_state
+
+    return process_state(pid) not in ("", "Z")
 
 
 def _sync_a(plan: Plan, pid_a: int, add_to_cgroup: Callable[[int], None]) -> None:

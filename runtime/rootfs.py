@@ -299,12 +299,12 @@ def _make_parent_private(rootfs: str) -> None:
 
 
 def _mount_point_of(path: str) -> str:
+    from .procfs import mount_points
+
     best = "/"
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            target = line.split()[4].replace("\\040", " ")
-            if (path + "/").startswith(target.rstrip("/") + "/") and len(target) > len(best):
-                best = target
+    for target in mount_points():
+        if (path + "/").startswith(target.rstrip("/") + "/") and len(target) > len(best):
+            best = target
     return best
 
 

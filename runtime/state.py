@@ -122,17 +122,13 @@ class Store:
 
 def process_start_time(pid: int) -> int:
     """Start time of a process in clock ticks since boot (0 if it does not exist)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
-        return 0
+    from .procfs import start_time
+
+    return start_time(pid)
 
 
 def process_status(pid: int) -> str:
     """The state letter of /proc/<pid>/stat ("" if gone)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return ""
+    from .procfs import process_state
+
+    return process_state(pid)

@@ -211,10 +211,6 @@ def _processes() -> list[tuple[int, list[str]]]:
 
 def mounts_under(base: Path) -> list[str]:
     prefix = str(base).rstrip("/") + "/"
-    found = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            target = line.split()[4].replace("\\040", " ")
-            if target.startswith(prefix):
-                found.append(target)
-    return found
+    from pyoci.runtime.procfs import mount_points
+
+    return [target for target in mount_points() if target.startswith(prefix)]
