@@ -17,7 +17,7 @@ import socket
 import sys
 import time
 
-from .delete import STATE_ROOT
+from .paths import STATE_ROOT, write_atomic
 
 
 class _LogfmtFormatter(logging.Formatter):
@@ -42,13 +42,11 @@ def claim(listener: socket.socket) -> int | None:
     return fd
 
 
-def run(flags, listener: socket.socket, options: bytes) -> int:
+def run(flags, listener: socket.socket) -> int:
     lock = claim(listener)
     if lock is None:
         return 0  # another daemon serves this socket
     if flags.bundle:
-        from .start import write_atomic
-
         write_atomic(os.path.join(flags.bundle, "shim.pid"), str(os.getpid()))
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(_LogfmtFormatter())

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 
-STATE_ROOT = "/run/containerd/pyoci"
+from .paths import STATE_ROOT, group_id, socket_address, unix_socket
 
 
 def _varint(value: int) -> bytes:
@@ -42,8 +42,9 @@ def encode_delete_response(pid: int, exit_status: int, exited_at_ns: int) -> byt
 
 
 def _is_mounted(path: str) -> bool:
-    with open("/proc/self/mountinfo") as f:
-        return any(line.split()[4] == path for line in f)
+    from pyoci.runtime.procfs import mount_points
+
+    return path in mount_points()
 
 
 def delete(flags) -> int:
@@ -74,10 +75,8 @@ def _remove_dead_socket(flags, bundle: str) -> None:
     for the pod has bound it and listens, but its daemon has not claimed the lock yet)."""
     import fcntl
 
-    from .start import _unix, group_id, socket_address
-
     path = socket_address(flags.address, flags.namespace, group_id(bundle, flags.id)).removeprefix("unix://")
-    probe = _unix()
+    probe = unix_socket()
     try:
         probe.connect(path)
         return  # someone listens on it: not ours to remove

@@ -13,7 +13,7 @@ def write_info() -> int:
     from pyoci.runtime import __version__
     from pyoci.runtime.features import features
 
-    from .main import RUNTIME_TYPE
+    from .flags import RUNTIME_TYPE
 
     info = containerd_types_pb2.RuntimeInfo(
         name=RUNTIME_TYPE,

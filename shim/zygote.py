@@ -20,7 +20,6 @@ forks the daemon itself and spawns a new template; that one, once ready, tells t
 from __future__ import annotations
 
 import array
-import errno
 import gc
 import marshal
 import os
@@ -30,6 +29,8 @@ import socket
 import sys
 import time
 
+from .paths import build_id, listen, write_atomic, zygote_path, zygote_record
+
 IDLE_EXIT = 30.0
 
 
@@ -38,24 +39,11 @@ _RETIRE = -1  # _spawn's answer to a request to retire
 
 def serve(path: str, record: str | None = None, idle_exit: float = IDLE_EXIT) -> int:
     """Serve at ``path`` until idle; if ``record`` is given, retire the template it names and name ours."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    try:
-        sock.bind(path)
-    except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        try:
-            probe.connect(path)
-            return 0  # another template serves this containerd and build already
-        except OSError:
-            os.unlink(path)
-            sock.bind(path)
-        finally:
-            probe.close()
+    bound_sock = listen(path, socket.SOCK_SEQPACKET, 64)
+    if bound_sock is None:
+        return 0  # another template serves this containerd and build already
+    sock = socket.socket(fileno=bound_sock.detach())
     bound = os.stat(path)  # the socket file's own inode (a socket's fstat shows its sockfs inode instead)
-    os.chmod(path, 0o600)
-    sock.listen(64)
     owner = os.getpid()
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
@@ -101,8 +89,6 @@ def _unlink_if(path: str, condition) -> None:
 def _take_over(record: str, path: str) -> None:
     """Name ourselves the current template of this containerd and retire the one named before (an older
     build): it stops serving, so no new shim gets old code, and exits."""
-    from .start import write_atomic
-
     previous = _read(record)
     write_atomic(record, path)
     if not previous or previous == path:
@@ -232,15 +218,16 @@ def set_process_title(args: list[str]) -> None:
     started with a padding argument, so there is room for a shim's usual flags."""
     import ctypes
 
-    with open("/proc/self/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
+    from pyoci.runtime.procfs import stat_fields
+
+    fields = stat_fields("self")
     start, end = int(fields[45]), int(fields[46])  # arg_start, arg_end (fields 48 and 49 of proc(5))
     data = b"\0".join(a.encode() for a in args)[: end - start - 1]
     ctypes.memmove(start, data.ljust(end - start, b"\0"), end - start)
 
 
 def _child(request: dict, listener: socket.socket) -> None:
-    from .main import Flags
+    from .flags import Flags
     from .start import run_daemon
 
     # the heap stays frozen: the collector would otherwise write into pages shared with the template
@@ -249,12 +236,10 @@ def _child(request: dict, listener: socket.socket) -> None:
     os.environ.update(request.get("env", {}))
     flags = Flags(**request["flags"])
     set_process_title([sys.argv[0], "-namespace", flags.namespace, "-id", flags.id, "-address", flags.address])
-    run_daemon(flags, request["bundle"], listener, request.get("options", b""))
+    run_daemon(flags, request["bundle"], listener)
 
 
 def main(flags) -> int:
-    from .start import build_id, zygote_path, zygote_record
-
     # Detached already by the start that spawned us; make sure nothing of containerd's is held.
     try:
         return serve(zygote_path(flags.address, build_id()), zygote_record(flags.address))

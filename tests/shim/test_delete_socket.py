@@ -4,8 +4,8 @@ import os
 import socket
 
 from pyoci.shim.delete import _remove_dead_socket
-from pyoci.shim.main import Flags
-from pyoci.shim.start import socket_address
+from pyoci.shim.flags import Flags
+from pyoci.shim.paths import socket_address
 
 
 def test_dead_socket_removed_live_socket_kept(tmp_path):
