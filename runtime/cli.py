@@ -8,41 +8,65 @@ Errors go to stderr as ``pyoci: <message>`` and, with ``--log``, as runc-style J
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import json
-import logging
 import os
-import signal
 import sys
-from dataclasses import replace
 
 from . import __version__
 
-log = logging.getLogger("pyoci")
+# Imports are lazy: `pyoci --version` answers before argparse is built, and each command imports what it uses.
+_VALUE_OPTIONS = {"--root", "--log", "--log-format", "--criu", "--rootless"}  # global options that take a value
+_FLAG_OPTIONS = {"--debug", "--systemd-cgroup"}
+_VERSION = ("-v", "--version")
 
 
-class _JSONFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        now = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
-        return json.dumps(
-            {
-                "level": record.levelname.lower().replace("warning", "warn"),
-                "msg": record.getMessage(),
-                "time": now.isoformat().replace("+00:00", "Z"),
-            }
-        )
+def _log():
+    import logging
+
+    return logging.getLogger("pyoci")
 
 
-def _setup_logging(args: argparse.Namespace) -> None:
+def _scan(argv: list[str]) -> tuple[bool, str | None]:
+    """(whether ``--version`` comes before the command, the command): the global options are skipped, so the
+    parser is built for that one command only. (None: no command, or an option this scan does not know.)"""
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in _VERSION:
+            return True, None
+        if arg in _FLAG_OPTIONS or (arg.partition("=")[0] in _VALUE_OPTIONS and "=" in arg):
+            i += 1
+        elif arg in _VALUE_OPTIONS:
+            i += 2
+        elif arg.startswith("-"):
+            return False, None
+        else:
+            return False, arg
+    return False, None
+
+
+def _setup_logging(args) -> None:
+    import logging
+
+    class JSONFormatter(logging.Formatter):
+        def format(self, record: logging.LogRecord) -> str:
+            import datetime
+            import json
+
+            now = datetime.datetime.fromtimestamp(record.created, datetime.UTC)
+            return json.dumps(
+                {
+                    "level": record.levelname.lower().replace("warning", "warn"),
+                    "msg": record.getMessage(),
+                    "time": now.isoformat().replace("+00:00", "Z"),
+                }
+            )
+
     root = logging.getLogger()
     root.setLevel(logging.DEBUG if args.debug else logging.INFO)
     if args.log:
         handler: logging.Handler = logging.FileHandler(args.log)
         handler.setFormatter(
-            _JSONFormatter()
-            if args.log_format == "json"
-            else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
+            JSONFormatter() if args.log_format == "json" else logging.Formatter("%(asctime)s %(levelname)s %(message)s")
         )
         root.addHandler(handler)
     stderr = logging.StreamHandler(sys.stderr)
@@ -52,6 +76,9 @@ def _setup_logging(args: argparse.Namespace) -> None:
 
 
 def parse_signal(value: str) -> int:
+    import argparse
+    import signal
+
     text = value.upper()
     if text.isdigit():
         return int(text)
@@ -62,7 +89,10 @@ def parse_signal(value: str) -> int:
         raise argparse.ArgumentTypeError(f"unknown signal {value!r}") from None
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser(only: str | None = None):
+    """The command line; with ``only``, just that command's subparser (the others cost time, not behaviour)."""
+    import argparse
+
     p = argparse.ArgumentParser(prog="pyoci", description="pyoci: an OCI runtime (runc-compatible CLI)")
     p.add_argument("--root", default="/run/pyoci", help="state directory (default /run/pyoci)")
     p.add_argument("--log", default="", help="log file")
@@ -75,7 +105,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
     def cmd(name: str, help: str, *, container: bool = True) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, help=help)
+        s = sub.add_parser(name, help=help) if only in (None, name) else argparse.ArgumentParser(add_help=False)
         if container:
             s.add_argument("id")
         return s
@@ -137,7 +167,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    version, command = _scan(argv)
+    if version:
+        print(f"pyoci version {__version__}\nspec: 1.2.0")
+        return 0
+    args = _parser(command if command in _COMMANDS else None).parse_args(argv)
     if args.version:
         print(f"pyoci version {__version__}\nspec: 1.2.0")
         return 0
@@ -152,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
             raise PyociError("--systemd-cgroup is not supported: pyoci manages cgroupfs paths directly")
         return _COMMANDS[args.command](args)
     except PyociError as exc:
-        log.error("%s", exc)
+        _log().error("%s", exc)
         return 1
     except KeyboardInterrupt:
         return 130
@@ -260,6 +295,9 @@ def _preserved_fds(requested: int) -> int:
 
 def _wait_forwarding_signals(pid: int) -> int:
     """Wait for ``pid`` (reaping any other orphan on the way); forward SIGINT/SIGTERM/SIGHUP to it."""
+    import signal
+
+    from .procfs import exit_code
 
     def forward(sig, _frame):
         try:
@@ -277,7 +315,7 @@ def _wait_forwarding_signals(pid: int) -> int:
         except ChildProcessError:
             return 255
         if got == pid:
-            return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+            return exit_code(status)
 
 
 def cmd_start(args) -> int:
@@ -286,11 +324,15 @@ def cmd_start(args) -> int:
 
 
 def cmd_state(args) -> int:
+    import json
+
     print(json.dumps(_load(args).oci_state().to_json(), indent=2))
     return 0
 
 
 def cmd_kill(args) -> int:
+    import argparse
+
     try:
         sig = parse_signal(args.signal)
     except argparse.ArgumentTypeError as exc:
@@ -316,6 +358,8 @@ def cmd_delete(args) -> int:
 
 
 def cmd_exec(args) -> int:
+    from dataclasses import replace
+
     from . import kernel
     from .errors import ConfigError
     from .spec import Capabilities, User, loads, parse_process
@@ -371,6 +415,8 @@ def cmd_exec(args) -> int:
 
 
 def cmd_ps(args) -> int:
+    import json
+
     pids = _load(args).pids()
     if args.format == "json":
         print(json.dumps(pids))
@@ -415,11 +461,13 @@ def cmd_update(args) -> int:
         if flag is not None:
             data.setdefault("cpu", {})[key] = flag
     for warning in _load(args).update(parse_resources(data, source="resources")):
-        log.warning("%s", warning)
+        _log().warning("%s", warning)
     return 0
 
 
 def cmd_list(args) -> int:
+    import json
+
     from .container import Container
 
     store = _store(args)
@@ -428,7 +476,7 @@ def cmd_list(args) -> int:
         try:
             states.append(Container.load(store, cid).oci_state())
         except Exception as exc:  # a half-deleted container must not break listing
-            log.debug("list: %s: %s", cid, exc)
+            _log().debug("list: %s: %s", cid, exc)
     if args.quiet:
         print("\n".join(s.id for s in states))
     elif args.format == "json":
@@ -441,6 +489,8 @@ def cmd_list(args) -> int:
 
 
 def cmd_features(args) -> int:
+    import json
+
     from .features import features
 
     print(json.dumps(features(), indent=2))
@@ -448,6 +498,8 @@ def cmd_features(args) -> int:
 
 
 def cmd_spec(args) -> int:
+    import json
+
     from .features import default_spec
 
     path = os.path.join(args.bundle, "config.json")
@@ -461,14 +513,17 @@ def cmd_spec(args) -> int:
 
 
 def cmd_events(args) -> int:
+    import json
+
     from .errors import Unsupported
 
     container = _load(args)
     if not args.stats:
         raise Unsupported("events: only --stats is supported")
-    from .stats import cgroup_stats
+    from .cgroups.stats import events_data
 
-    print(json.dumps({"type": "stats", "id": container.id, "data": cgroup_stats(container.cgroup)}))
+    data = events_data(container.cgroup.stats(), container.cgroup.version)
+    print(json.dumps({"type": "stats", "id": container.id, "data": data}))
     return 0
 
 
