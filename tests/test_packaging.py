@@ -154,3 +154,26 @@ def test_isolated_run_finds_its_own_site_packages():
     code = script.read_text().split("from pyoci.shim.main import main")[0] + probe
     out = _run([sys.executable, "-IS", "-c", code])
     assert out.returncode == 0 and out.stdout.strip() == sys.prefix, out  # the venv, as site.venv() would set
+
+
+def test_runtime_dependencies_are_what_the_product_imports():
+    """Every third-party module the installed packages import is a runtime dependency, and nothing else is one
+    (test-only libraries such as grpclib and psutil belong to the ``test`` extra)."""
+    import ast
+
+    imported = set()
+    for folder in ("shim", "runtime", "ttrpc", "protos"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path == ROOT / "protos" / "generate.py":
+                continue  # the developers' regeneration script (grpcio-tools, in the test extra)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported.update(alias.name.split(".")[0] for alias in node.names)
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"pyoci", "__future__", "_sha2"}  # _sha2: CPython 3.12+
+    distributions = {"google": "protobuf"}  # module -> the distribution that provides it
+    declared = {
+        dep.split(">")[0].split("<")[0].split("=")[0].strip() for dep in _pyproject()["project"]["dependencies"]
+    }
+    assert {distributions.get(module, module) for module in third_party} == declared
