@@ -9,7 +9,7 @@ import time
 from abc import ABC, abstractmethod
 
 from ..errors import PyociError
-from ..spec import Resources
+from ..spec import BlockIO, Resources, ThrottleDevice
 
 
 class CgroupError(PyociError):
@@ -46,6 +46,17 @@ def read_kv(path: str) -> dict[str, int]:
         if len(parts) == 2 and parts[1].lstrip("-").isdigit():
             out[parts[0]] = int(parts[1])
     return out
+
+
+def throttles(b: BlockIO) -> list[tuple[str, ThrottleDevice]]:
+    """blockIO's throttle entries as (kind, device), kind one of read_bps, write_bps, read_iops, write_iops."""
+    kinds = {
+        "read_bps": b.throttle_read_bps_device,
+        "write_bps": b.throttle_write_bps_device,
+        "read_iops": b.throttle_read_iops_device,
+        "write_iops": b.throttle_write_iops_device,
+    }
+    return [(kind, td) for kind, devices in kinds.items() for td in devices]
 
 
 def read_pids(path: str) -> list[int]:

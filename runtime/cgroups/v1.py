@@ -7,7 +7,7 @@ import os
 import time
 
 from ..spec import CPU, BlockIO, Memory, Resources
-from .base import CgroupError, Manager, read, read_pids, remove_dir, write
+from .base import CgroupError, Manager, read, read_pids, remove_dir, throttles, write
 from .v2 import V2Manager
 
 # Devices every container may use, whatever its rules say (runc's AllowedDevices).
@@ -236,14 +236,8 @@ class V1Manager(Manager):
             if wd.weight is not None:
                 name = first("blkio.weight_device", "blkio.bfq.weight_device")
                 self._set("blkio", name, f"{wd.major}:{wd.minor} {wd.weight}", field + ".weightDevice")
-        for name, devices in (
-            ("blkio.throttle.read_bps_device", b.throttle_read_bps_device),
-            ("blkio.throttle.write_bps_device", b.throttle_write_bps_device),
-            ("blkio.throttle.read_iops_device", b.throttle_read_iops_device),
-            ("blkio.throttle.write_iops_device", b.throttle_write_iops_device),
-        ):
-            for td in devices:
-                self._set("blkio", name, f"{td.major}:{td.minor} {td.rate}", field)
+        for kind, td in throttles(b):
+            self._set("blkio", f"blkio.throttle.{kind}_device", f"{td.major}:{td.minor} {td.rate}", field)
 
     def _devices(self, rules) -> None:
         if "devices" not in self._paths:

@@ -6,8 +6,10 @@ import os
 import signal
 import time
 
-from ..spec import Resources
-from .base import CgroupError, Manager, read, read_pids, remove_dir, write
+from ..spec import CPU, BlockIO, Memory, Resources
+from .base import CgroupError, Manager, read, read_pids, remove_dir, throttles, write
+
+_IO_MAX_KEYS = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops", "write_iops": "wiops"}
 
 
 def shares_to_weight(shares: int) -> int:
@@ -103,85 +105,87 @@ class V2Manager(Manager):
         warnings: list[str] = []
         if resources is None:
             return warnings
-        m = resources.memory
-        if m:
-            f = "linux.resources.memory"
-            limit = m.limit or None  # runc: 0 means "not set" for the limit, reservation and swap
-            if limit is not None:
-                self._set("memory.max", "max" if limit == -1 else str(limit), f + ".limit")
-            if m.reservation:
-                self._set("memory.low", "max" if m.reservation == -1 else str(m.reservation), f + ".reservation")
-            if m.swap:
-                if m.swap == -1:
-                    swap = "max"
-                elif limit is None or limit == -1:
-                    raise CgroupError(f"{f}.swap: a swap limit needs a memory limit on cgroup v2")
-                else:
-                    swap = str(m.swap - limit)  # OCI swap is memory+swap; v2 limits swap alone
-                if os.path.exists(f"{self.path}/memory.swap.max"):
-                    self._set("memory.swap.max", swap, f + ".swap")
-                elif swap != "max":
-                    raise CgroupError(f"{f}.swap: swap accounting is not enabled in this kernel")
-            if m.swappiness is not None:
-                warnings.append(f"{f}.swappiness is not supported on cgroup v2 and is ignored")
-            if m.disable_oom_killer:
-                warnings.append(f"{f}.disableOOMKiller is not supported on cgroup v2 and is ignored")
-            for name, value in (("kernel", m.kernel), ("kernelTCP", m.kernel_tcp)):
-                if value is not None:
-                    warnings.append(f"{f}.{name} is deprecated and ignored")
-        c = resources.cpu
-        if c:
-            f = "linux.resources.cpu"
-            if c.shares:
-                self._set("cpu.weight", str(shares_to_weight(c.shares)), f + ".shares")
-            if c.quota is not None or c.period is not None:
-                quota = "max" if c.quota is None or c.quota <= 0 else str(c.quota)
-                self._set("cpu.max", f"{quota} {c.period or 100000}", f + ".quota")
-            if c.burst is not None:
-                self._set("cpu.max.burst", str(c.burst), f + ".burst")
-            if c.idle is not None:
-                self._set("cpu.idle", str(c.idle), f + ".idle")
-            if c.realtime_runtime or c.realtime_period:
-                raise CgroupError(f"{f}.realtimeRuntime: realtime scheduling limits need cgroup v1")
-            if c.cpus:
-                self._set("cpuset.cpus", c.cpus, f + ".cpus")
-            if c.mems:
-                self._set("cpuset.mems", c.mems, f + ".mems")
+        if resources.memory:
+            warnings += self._memory(resources.memory)
+        if resources.cpu:
+            self._cpu(resources.cpu)
         if resources.pids_limit:  # runc: 0 leaves pids.max alone, a negative limit is "max"
             pids = resources.pids_limit
             self._set("pids.max", str(pids) if pids > 0 else "max", "linux.resources.pids.limit")
-        b = resources.block_io
-        if b:
-            f = "linux.resources.blockIO"
-            if b.weight is not None:
-                if os.path.exists(f"{self.path}/io.bfq.weight"):
-                    self._set("io.bfq.weight", str(b.weight), f + ".weight")
-                else:
-                    self._set("io.weight", str(blkio_weight_to_io_weight(b.weight)), f + ".weight")
-            for key, devices in (
-                ("rbps", b.throttle_read_bps_device),
-                ("wbps", b.throttle_write_bps_device),
-                ("riops", b.throttle_read_iops_device),
-                ("wiops", b.throttle_write_iops_device),
-            ):
-                for td in devices:
-                    self._set("io.max", f"{td.major}:{td.minor} {key}={td.rate}", f)
+        if resources.block_io:
+            self._io(resources.block_io)
         for hp in resources.hugepage_limits:
             self.set_hugetlb(hp.page_size, hp.limit)
-        for key, value in resources.unified:
+        self._unified_files(resources.unified)
+        if resources.devices:
+            warnings += self._devices(resources.devices, update)
+        return warnings
+
+    def _memory(self, m: Memory) -> list[str]:
+        f = "linux.resources.memory"
+        limit = m.limit or None  # runc: 0 means "not set" for the limit, reservation and swap
+        if limit is not None:
+            self._set("memory.max", "max" if limit == -1 else str(limit), f + ".limit")
+        if m.reservation:
+            self._set("memory.low", "max" if m.reservation == -1 else str(m.reservation), f + ".reservation")
+        if m.swap:
+            if m.swap == -1:
+                swap = "max"
+            elif limit is None or limit == -1:
+                raise CgroupError(f"{f}.swap: a swap limit needs a memory limit on cgroup v2")
+            else:
+                swap = str(m.swap - limit)  # OCI swap is memory+swap; v2 limits swap alone
+            if os.path.exists(f"{self.path}/memory.swap.max"):
+                self._set("memory.swap.max", swap, f + ".swap")
+            elif swap != "max":
+                raise CgroupError(f"{f}.swap: swap accounting is not enabled in this kernel")
+        unsupported = {"swappiness": m.swappiness is not None, "disableOOMKiller": bool(m.disable_oom_killer)}
+        deprecated = {"kernel": m.kernel is not None, "kernelTCP": m.kernel_tcp is not None}
+        return [
+            f"{f}.{name} is not supported on cgroup v2 and is ignored" for name, on in unsupported.items() if on
+        ] + [f"{f}.{name} is deprecated and ignored" for name, on in deprecated.items() if on]
+
+    def _cpu(self, c: CPU) -> None:
+        f = "linux.resources.cpu"
+        if c.shares:
+            self._set("cpu.weight", str(shares_to_weight(c.shares)), f + ".shares")
+        if c.quota is not None or c.period is not None:
+            quota = "max" if c.quota is None or c.quota <= 0 else str(c.quota)
+            self._set("cpu.max", f"{quota} {c.period or 100000}", f + ".quota")
+        if c.burst is not None:
+            self._set("cpu.max.burst", str(c.burst), f + ".burst")
+        if c.idle is not None:
+            self._set("cpu.idle", str(c.idle), f + ".idle")
+        if c.realtime_runtime or c.realtime_period:
+            raise CgroupError(f"{f}.realtimeRuntime: realtime scheduling limits need cgroup v1")
+        if c.cpus:
+            self._set("cpuset.cpus", c.cpus, f + ".cpus")
+        if c.mems:
+            self._set("cpuset.mems", c.mems, f + ".mems")
+
+    def _io(self, b: BlockIO) -> None:
+        f = "linux.resources.blockIO"
+        if b.weight is not None:
+            if os.path.exists(f"{self.path}/io.bfq.weight"):
+                self._set("io.bfq.weight", str(b.weight), f + ".weight")
+            else:
+                self._set("io.weight", str(blkio_weight_to_io_weight(b.weight)), f + ".weight")
+        for kind, td in throttles(b):
+            self._set("io.max", f"{td.major}:{td.minor} {_IO_MAX_KEYS[kind]}={td.rate}", f)
+
+    def _unified_files(self, unified: tuple[tuple[str, str], ...]) -> None:
+        for key, value in unified:
             if "/" in key or key.startswith("."):
                 raise CgroupError(f"linux.resources.unified.{key}: not a cgroup file name")
             self._set(key, value, f"linux.resources.unified.{key}")
-        if resources.devices:
-            if update:
-                warnings.append(
-                    "linux.resources.devices: changing device rules of a running container is not supported"
-                )
-            else:
-                from .devices import attach
 
-                attach(self.path, resources.devices)
-        return warnings
+    def _devices(self, rules, update: bool) -> list[str]:
+        if update:
+            return ["linux.resources.devices: changing device rules of a running container is not supported"]
+        from .devices import attach
+
+        attach(self.path, rules)
+        return []
 
 
 def _mount_of(path: str) -> str:
