@@ -1,10 +1,11 @@
 """OOM kills → ``/tasks/oom``: one watcher per shim, in the event loop (no thread per container).
 
-What decides is the cgroup's ``oom_kill`` counter (cgroup v1: ``memory.oom_control``; v2:
+What decides is the cgroup manager's ``oom_kill_count()`` (cgroup v1: ``memory.oom_control``; v2:
 ``memory.events``): an event is published when it grows, once per kill, with the container's id. The
-kernel's notifications only wake us up: on v1 an eventfd registered through ``cgroup.event_control``,
-on v2 inotify on ``memory.events``. ``check()`` reads the counter synchronously, which the service does
-before it publishes the init's exit, so the OOM event is never later than the exit it explains.
+kernel's notifications only wake us up, on the file the manager's ``oom_source()`` names: on v1 an eventfd
+registered through ``cgroup.event_control``, on v2 inotify on ``memory.events``. ``check()`` reads the
+counter synchronously, which the service does before it publishes the init's exit, so the OOM event is
+never later than the exit it explains.
 """
 
 from __future__ import annotations
@@ -17,8 +18,7 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from pyoci.runtime.cgroups import Manager
-from pyoci.runtime.cgroups.base import read_kv
+from pyoci.runtime.cgroups import Manager, OOMSource
 
 log = logging.getLogger("pyoci.shim")
 
@@ -31,15 +31,11 @@ _libc = ctypes.CDLL(None, use_errno=True)
 @dataclass
 class _Watch:
     container_id: str
+    cgroup: Manager
     counter_file: str  # memory.oom_control (v1) or memory.events (v2)
     last: int
     fd: int = -1  # v1: the eventfd
     wd: int = -1  # v2: the inotify watch
-
-
-def oom_kills(path: str) -> int:
-    """The ``oom_kill`` counter of a memory.oom_control or memory.events file (0 if absent)."""
-    return read_kv(path).get("oom_kill", 0)
 
 
 class OOMWatcher:
@@ -50,39 +46,42 @@ class OOMWatcher:
         self._by_wd: dict[int, _Watch] = {}
 
     def add(self, container_id: str, cgroup: Manager) -> None:
-        paths = cgroup.paths()
+        source = cgroup.oom_source()
+        if source is None:
+            log.warning("oom: %s: no memory cgroup to watch", container_id)
+            return
         try:
-            if "memory" in paths:
-                watch = self._add_v1(container_id, paths["memory"])
-            elif "" in paths and os.path.exists(os.path.join(paths[""], "memory.events")):
-                watch = self._add_v2(container_id, paths[""])
-            else:
-                log.warning("oom: %s: no memory cgroup to watch", container_id)
-                return
+            watch = (
+                self._add_eventfd(container_id, cgroup, source)
+                if source.event_control
+                else self._add_inotify(container_id, cgroup, source)
+            )
         except OSError as exc:
             log.warning("oom: cannot watch %s: %s", container_id, exc)
             return
         self._watches[container_id] = watch
 
-    def _add_v1(self, container_id: str, memcg: str) -> _Watch:
-        control = os.path.join(memcg, "memory.oom_control")
+    def _add_eventfd(self, container_id: str, cgroup: Manager, source: OOMSource) -> _Watch:
+        """cgroup v1: an eventfd registered for memory.oom_control through cgroup.event_control."""
+        control = source.counter_file
         efd = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
         try:
             cfd = os.open(control, os.O_RDONLY | os.O_CLOEXEC)
             try:
-                with open(os.path.join(memcg, "cgroup.event_control"), "w") as f:
+                with open(source.event_control, "w") as f:
                     f.write(f"{efd} {cfd}")
             finally:
                 os.close(cfd)  # the kernel holds its own reference for the registration
         except OSError:
             os.close(efd)
             raise
-        watch = _Watch(container_id, control, oom_kills(control), fd=efd)
+        watch = _Watch(container_id, cgroup, control, cgroup.oom_kill_count(), fd=efd)
         asyncio.get_running_loop().add_reader(efd, self._on_eventfd, watch)
         return watch
 
-    def _add_v2(self, container_id: str, cgroup: str) -> _Watch:
-        events = os.path.join(cgroup, "memory.events")
+    def _add_inotify(self, container_id: str, cgroup: Manager, source: OOMSource) -> _Watch:
+        """cgroup v2: inotify on memory.events."""
+        events = source.counter_file
         if self._inotify < 0:
             fd = _libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
             if fd < 0:
@@ -92,7 +91,7 @@ class OOMWatcher:
         wd = _libc.inotify_add_watch(self._inotify, events.encode(), _IN_MODIFY)
         if wd < 0:
             raise OSError(ctypes.get_errno(), f"inotify_add_watch {events}")
-        watch = _Watch(container_id, events, oom_kills(events), wd=wd)
+        watch = _Watch(container_id, cgroup, events, cgroup.oom_kill_count(), wd=wd)
         self._by_wd[wd] = watch
         return watch
 
@@ -101,7 +100,7 @@ class OOMWatcher:
         watch = self._watches.get(container_id)
         if watch is None:
             return False
-        count = oom_kills(watch.counter_file)
+        count = watch.cgroup.oom_kill_count()
         if count <= watch.last:
             return False
         watch.last = count

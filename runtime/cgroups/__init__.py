@@ -2,13 +2,15 @@
 
 ``open_cgroup(path)`` looks at the host's cgroup mounts once and returns the right manager for a
 container's ``cgroupsPath``. Managers create the cgroup, place processes in it, apply resources, list,
-freeze and kill its processes, and remove it. They raise :class:`CgroupError` naming the file at fault.
+freeze and kill its processes, and remove it; they tell their ``version``, their freezer state, their
+:class:`Stats` and where their OOM kills are counted. They raise :class:`CgroupError` naming the file at fault.
 """
 
 from __future__ import annotations
 
 from .base import CgroupError, Manager
 from .layout import Layout, detect_layout
+from .stats import FreezerState, OOMSource, Stats
 
 
 def open_cgroup(cgroups_path: str, container_id: str, layout: Layout | None = None) -> Manager:
@@ -27,4 +29,4 @@ def open_cgroup(cgroups_path: str, container_id: str, layout: Layout | None = No
     return V1Manager(layout.resolve_v1(path), unified=V2Manager(unified) if unified else None)
 
 
-__all__ = ["CgroupError", "Layout", "Manager", "detect_layout", "open_cgroup"]
+__all__ = ["CgroupError", "FreezerState", "Layout", "Manager", "OOMSource", "Stats", "detect_layout", "open_cgroup"]

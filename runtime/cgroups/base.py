@@ -10,6 +10,7 @@ from abc import ABC, abstractmethod
 
 from ..errors import PyociError
 from ..spec import BlockIO, Resources, ThrottleDevice
+from .stats import FreezerState, OOMSource, Stats
 
 
 class CgroupError(PyociError):
@@ -48,6 +49,17 @@ def read_kv(path: str) -> dict[str, int]:
     return out
 
 
+def hugetlb_sizes(d: str, suffix: str) -> list[tuple[str, str]]:
+    """(file name, page size) of each ``hugetlb.<size><suffix>`` file in a cgroup directory."""
+    if not os.path.isdir(d):
+        return []
+    return [
+        (name, name.split(".")[1])
+        for name in sorted(os.listdir(d))
+        if name.startswith("hugetlb.") and name.endswith(suffix) and name.count(".") == 1 + suffix.count(".")
+    ]
+
+
 def throttles(b: BlockIO) -> list[tuple[str, ThrottleDevice]]:
     """blockIO's throttle entries as (kind, device), kind one of read_bps, write_bps, read_iops, write_iops."""
     kinds = {
@@ -57,6 +69,11 @@ def throttles(b: BlockIO) -> list[tuple[str, ThrottleDevice]]:
         "write_iops": b.throttle_write_iops_device,
     }
     return [(kind, td) for kind, devices in kinds.items() for td in devices]
+
+
+def oom_kills(path: str) -> int:
+    """The ``oom_kill`` counter of a memory.oom_control or memory.events file (0 if absent)."""
+    return read_kv(path).get("oom_kill", 0)
 
 
 def read_pids(path: str) -> list[int]:
@@ -82,7 +99,9 @@ def remove_dir(path: str, attempts: int = 50) -> None:
 
 
 class Manager(ABC):
-    """One container's cgroup, wherever the host keeps it."""
+    """One container's cgroup, wherever the host keeps it (runc's ``cgroups.Manager``, youki's ``CgroupManager``)."""
+
+    version: str  # "v1", "v2", or "hybrid" (v1 controllers with the cgroup2 mount joined too)
 
     @abstractmethod
     def create(self) -> None:
@@ -107,7 +126,23 @@ class Manager(ABC):
     def thaw(self) -> None: ...
 
     @abstractmethod
-    def frozen(self) -> bool: ...
+    def freezer_state(self) -> FreezerState:
+        """THAWED also when the host has no freezer."""
+
+    def frozen(self) -> bool:
+        """Frozen or on its way there (a SIGKILL would not take effect)."""
+        return self.freezer_state() is not FreezerState.THAWED
+
+    @abstractmethod
+    def stats(self) -> Stats: ...
+
+    @abstractmethod
+    def oom_source(self) -> OOMSource | None:
+        """The file counting this cgroup's OOM kills and how to be told of changes; None without a memory cgroup."""
+
+    def oom_kill_count(self) -> int:
+        source = self.oom_source()
+        return oom_kills(source.counter_file) if source else 0
 
     @abstractmethod
     def destroy(self) -> None:
@@ -118,7 +153,7 @@ class Manager(ABC):
 
     @abstractmethod
     def paths(self) -> dict[str, str]:
-        """Controller (or "" for the unified hierarchy) → directory."""
+        """Controller (or "" for the unified hierarchy) → directory (what a container's /sys/fs/cgroup shows)."""
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         """Signal every process in the cgroup; a frozen cgroup is thawed so SIGKILL takes effect."""

@@ -7,8 +7,11 @@ import os
 import time
 
 from ..spec import CPU, BlockIO, Memory, Resources
-from .base import CgroupError, Manager, read, read_pids, remove_dir, throttles, write
+from . import stats as st
+from .base import CgroupError, Manager, hugetlb_sizes, read, read_kv, read_pids, remove_dir, throttles, write
 from .v2 import V2Manager
+
+_TICKS = os.sysconf("SC_CLK_TCK")
 
 # Devices every container may use, whatever its rules say (runc's AllowedDevices).
 DEFAULT_ALLOWED_DEVICES = (
@@ -30,6 +33,10 @@ class V1Manager(Manager):
     def __init__(self, paths: dict[str, str], unified: V2Manager | None = None) -> None:
         self._paths = paths
         self._unified = unified
+
+    @property
+    def version(self) -> str:
+        return "hybrid" if self._unified else "v1"
 
     def paths(self) -> dict[str, str]:
         out = dict(self._paths)
@@ -84,12 +91,40 @@ class V1Manager(Manager):
     def thaw(self) -> None:
         write(self._require("freezer", "freezer.state", "resume"), "THAWED")
 
-    def frozen(self) -> bool:
+    def freezer_state(self) -> st.FreezerState:
         path = self._file("freezer", "freezer.state")
         try:
-            return path is not None and read(path).strip() in ("FROZEN", "FREEZING")
+            text = read(path).strip() if path else ""
         except FileNotFoundError:
-            return False
+            text = ""
+        return st.FreezerState(text) if text in ("FROZEN", "FREEZING") else st.FreezerState.THAWED
+
+    def oom_source(self) -> st.OOMSource | None:
+        memcg = self._paths.get("memory")
+        if memcg:
+            return st.OOMSource(f"{memcg}/memory.oom_control", event_control=f"{memcg}/cgroup.event_control")
+        return self._unified.oom_source() if self._unified else None
+
+    def stats(self) -> st.Stats:
+        p = self._paths
+        return st.Stats(
+            cpu=_cpu_stats(p.get("cpuacct"), p.get("cpu")),
+            memory=_memory_stats(p["memory"]) if "memory" in p else None,
+            pids=st.PidsStats(st.read_int(f"{p['pids']}/pids.current"), st.read_int(f"{p['pids']}/pids.max"))
+            if "pids" in p
+            else None,
+            blkio=_blkio_stats(p["blkio"]) if "blkio" in p else None,
+            hugetlb=[
+                st.HugetlbStats(
+                    pagesize=size,
+                    usage=st.read_int(f"{p['hugetlb']}/hugetlb.{size}.usage_in_bytes"),
+                    max_usage=st.read_int(f"{p['hugetlb']}/hugetlb.{size}.max_usage_in_bytes"),
+                    failcnt=st.read_int(f"{p['hugetlb']}/hugetlb.{size}.failcnt"),
+                    limit=st.read_int(f"{p['hugetlb']}/{name}"),
+                )
+                for name, size in (hugetlb_sizes(p["hugetlb"], ".limit_in_bytes") if p.get("hugetlb") else [])
+            ],
+        )
 
     def destroy(self) -> None:
         for d in self._dirs():
@@ -249,6 +284,64 @@ class V1Manager(Manager):
             self._set("devices", "devices.allow" if rule.allow else "devices.deny", line, "linux.resources.devices")
         for line in DEFAULT_ALLOWED_DEVICES:
             self._set("devices", "devices.allow", line, "linux.resources.devices")
+
+
+def _cpu_stats(cpuacct: str | None, cpu: str | None) -> st.CpuStats | None:
+    if not cpuacct and not cpu:
+        return None
+    out = st.CpuStats()
+    if cpuacct:
+        ticks = read_kv(f"{cpuacct}/cpuacct.stat")
+        out.usage = st.CpuUsage(
+            total_ns=st.read_int(f"{cpuacct}/cpuacct.usage"),
+            user_ns=ticks.get("user", 0) * 10**9 // _TICKS,
+            system_ns=ticks.get("system", 0) * 10**9 // _TICKS,
+            per_cpu_ns=[int(x) for x in st.read_text(f"{cpuacct}/cpuacct.usage_percpu").split()],
+        )
+    if cpu:
+        out.stat = read_kv(f"{cpu}/cpu.stat")
+        out.throttling = st.Throttling(
+            periods=out.stat.get("nr_periods", 0),
+            throttled_periods=out.stat.get("nr_throttled", 0),
+            throttled_ns=out.stat.get("throttled_time", 0),
+            bursts=out.stat.get("nr_bursts", 0),
+            burst_ns=out.stat.get("burst_time", 0),
+        )
+    return out
+
+
+def _memory_stats(d: str) -> st.MemoryStats:
+    entries = {}
+    for entry, prefix in (
+        ("usage", "memory"),
+        ("swap", "memory.memsw"),
+        ("kernel", "memory.kmem"),
+        ("kernel_tcp", "memory.kmem.tcp"),
+    ):
+        if os.path.exists(f"{d}/{prefix}.usage_in_bytes"):
+            entries[entry] = st.MemoryData(
+                usage=st.read_int(f"{d}/{prefix}.usage_in_bytes"),
+                limit=st.read_int(f"{d}/{prefix}.limit_in_bytes"),
+                max=st.read_int(f"{d}/{prefix}.max_usage_in_bytes"),
+                failcnt=st.read_int(f"{d}/{prefix}.failcnt"),
+            )
+    return st.MemoryStats(**entries, stat=read_kv(f"{d}/memory.stat"), oom=read_kv(f"{d}/memory.oom_control"))
+
+
+def _blkio_stats(d: str) -> st.BlkioStats:
+    def entries(name: str) -> list[st.BlkioEntry]:
+        out = []
+        for line in st.read_text(f"{d}/{name}").splitlines():
+            parts = line.split()
+            if len(parts) == 3 and ":" in parts[0]:
+                major, minor = parts[0].split(":")
+                out.append(st.BlkioEntry(op=parts[1], major=int(major), minor=int(minor), value=int(parts[2])))
+        return out
+
+    return st.BlkioStats(
+        service_bytes=entries("blkio.throttle.io_service_bytes_recursive"),
+        serviced=entries("blkio.throttle.io_serviced_recursive"),
+    )
 
 
 def _current_limit(path: str | None) -> int:

@@ -7,7 +7,8 @@ import signal
 import time
 
 from ..spec import CPU, BlockIO, Memory, Resources
-from .base import CgroupError, Manager, read, read_pids, remove_dir, throttles, write
+from . import stats as st
+from .base import CgroupError, Manager, hugetlb_sizes, read, read_kv, read_pids, remove_dir, throttles, write
 
 _IO_MAX_KEYS = {"read_bps": "rbps", "write_bps": "wbps", "read_iops": "riops", "write_iops": "wiops"}
 
@@ -24,6 +25,8 @@ def blkio_weight_to_io_weight(weight: int) -> int:
 
 
 class V2Manager(Manager):
+    version = "v2"
+
     def __init__(self, path: str, mount: str | None = None) -> None:
         self.path = path
         self._mount = mount or _mount_of(path)
@@ -76,11 +79,59 @@ class V2Manager(Manager):
     def thaw(self) -> None:
         write(f"{self.path}/cgroup.freeze", "0")
 
-    def frozen(self) -> bool:
+    def freezer_state(self) -> st.FreezerState:
         try:
-            return read(f"{self.path}/cgroup.freeze").strip() == "1"
+            if read(f"{self.path}/cgroup.freeze").strip() != "1":
+                return st.FreezerState.THAWED
         except FileNotFoundError:
-            return False
+            return st.FreezerState.THAWED
+        frozen = "frozen 1" in st.read_text(f"{self.path}/cgroup.events")
+        return st.FreezerState.FROZEN if frozen else st.FreezerState.FREEZING
+
+    def oom_source(self) -> st.OOMSource | None:
+        events = f"{self.path}/memory.events"
+        return st.OOMSource(events) if os.path.exists(events) else None
+
+    def stats(self) -> st.Stats:
+        d = self.path
+        cpu = read_kv(f"{d}/cpu.stat")
+        return st.Stats(
+            cpu=st.CpuStats(
+                usage=st.CpuUsage(
+                    total_ns=cpu.get("usage_usec", 0) * 1000,
+                    user_ns=cpu.get("user_usec", 0) * 1000,
+                    system_ns=cpu.get("system_usec", 0) * 1000,
+                ),
+                throttling=st.Throttling(
+                    periods=cpu.get("nr_periods", 0),
+                    throttled_periods=cpu.get("nr_throttled", 0),
+                    throttled_ns=cpu.get("throttled_usec", 0) * 1000,
+                    bursts=cpu.get("nr_bursts", 0),
+                    burst_ns=cpu.get("burst_usec", 0) * 1000,
+                ),
+                stat=cpu,
+            ),
+            memory=st.MemoryStats(
+                usage=st.MemoryData(
+                    usage=st.read_int(f"{d}/memory.current"),
+                    limit=st.read_int(f"{d}/memory.max"),
+                    max=st.read_int(f"{d}/memory.peak"),
+                ),
+                swap=st.MemoryData(
+                    usage=st.read_int(f"{d}/memory.swap.current"), limit=st.read_int(f"{d}/memory.swap.max")
+                ),
+                stat=read_kv(f"{d}/memory.stat"),
+                oom=read_kv(f"{d}/memory.events"),
+            ),
+            pids=st.PidsStats(current=st.read_int(f"{d}/pids.current"), limit=st.read_int(f"{d}/pids.max")),
+            blkio=st.BlkioStats(devices=_io_stat(st.read_text(f"{d}/io.stat"))),
+            hugetlb=[
+                st.HugetlbStats(
+                    pagesize=size, usage=st.read_int(f"{d}/hugetlb.{size}.current"), limit=st.read_int(f"{d}/{name}")
+                )
+                for name, size in hugetlb_sizes(d, ".max")
+            ],
+        )
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         if sig == signal.SIGKILL and os.path.exists(f"{self.path}/cgroup.kill"):
@@ -192,3 +243,16 @@ def _mount_of(path: str) -> str:
     from .layout import detect_layout
 
     return detect_layout().unified_mount
+
+
+def _io_stat(text: str) -> list[st.IoUsage]:
+    out = []
+    for line in text.splitlines():
+        parts = line.split()
+        if not parts or ":" not in parts[0]:
+            continue
+        major, minor = parts[0].split(":")
+        values = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+        keys = ("rbytes", "wbytes", "rios", "wios")
+        out.append(st.IoUsage((int(major), int(minor)), **{k: int(values.get(k, 0)) for k in keys}))
+    return out

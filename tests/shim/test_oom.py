@@ -1,21 +1,16 @@
 """The OOM watcher's v2 path: inotify on memory.events, publishing when oom_kill grows.
 
 This hybrid host has no cgroup2 memory controller, so the file here is a stand-in with memory.events'
-format on tmpfs (real inotify, real event loop); the real cgroup v2 test runs in the v2 guest.
+format on tmpfs, read by a real V2Manager (real inotify, real event loop); the real cgroup v2 test runs in
+the v2 guest.
 The v1 path is tested end to end against containerd (integration/test_shim.py).
 """
 
 import asyncio
 
-from pyoci.shim.oom import OOMWatcher, oom_kills
-
-
-class FakeCgroup:
-    def __init__(self, path):
-        self.path = path
-
-    def paths(self):
-        return {"": str(self.path)}
+from pyoci.runtime.cgroups.base import oom_kills
+from pyoci.runtime.cgroups.v2 import V2Manager
+from pyoci.shim.oom import OOMWatcher
 
 
 def test_counter_parsing(tmp_path):
@@ -32,7 +27,7 @@ async def test_v2_publishes_once_per_kill_and_only_for_oom_kill(tmp_path):
     events.write_text("low 0\nhigh 0\nmax 0\noom 0\noom_kill 0\noom_group_kill 0\n")
     published = []
     watcher = OOMWatcher(published.append)
-    watcher.add("c1", FakeCgroup(tmp_path))
+    watcher.add("c1", V2Manager(str(tmp_path), mount=str(tmp_path)))
     try:
         events.write_text("low 0\nhigh 0\nmax 5\noom 1\noom_kill 0\noom_group_kill 0\n")  # oom but no kill
         await asyncio.sleep(0.1)
