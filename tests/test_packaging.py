@@ -177,3 +177,22 @@ def test_runtime_dependencies_are_what_the_product_imports():
         dep.split(">")[0].split("<")[0].split("=")[0].strip() for dep in _pyproject()["project"]["dependencies"]
     }
     assert {distributions.get(module, module) for module in third_party} == declared
+
+
+@pytest.mark.parametrize(
+    "args", [["--version"], ["-v"], ["--root", "/nonexistent", "--log-format=json", "--debug", "--version"]]
+)
+def test_cli_version_answers_before_argparse_and_logging(args):
+    """``pyoci --version`` (after any global options) is answered before the parser is built."""
+    imports = {name for _, name in _imports([sys.executable, "-IS", str(BIN / "pyoci"), *args])}
+    assert "pyoci.runtime.cli" in imports
+    assert not imports & {"argparse", "logging", "json", "signal"}, imports & {"argparse", "logging", "json", "signal"}
+
+
+def test_cli_builds_only_the_parser_of_the_command_given(tmp_path):
+    out = _run([str(BIN / "pyoci"), "--root", str(tmp_path), "state", "--help"])
+    assert out.returncode == 0 and out.stdout.startswith("usage: pyoci state [-h] id"), out
+    out = _run([str(BIN / "pyoci"), "--root", str(tmp_path), "nosuch"])
+    assert out.returncode == 2 and "invalid choice: 'nosuch'" in out.stderr and "'events'" in out.stderr, out
+    out = _run([str(BIN / "pyoci"), "--root", str(tmp_path), "state", "gone"])
+    assert out.returncode == 1 and "gone" in out.stderr, out

@@ -24,11 +24,11 @@ def test_stat_of_a_live_and_a_gone_process():
 
 
 def test_command_name_with_parentheses_and_spaces():
-    code = "import sys, time; open('/proc/self/comm', 'w').write('a) T (b'); print(flush=True); time.sleep(30)"
+    code = "import sys, time; open('/proc/self/comm', 'w').write('a) Z (b'); print(flush=True); time.sleep(30)"
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE)
     try:
         child.stdout.readline()
-        assert procfs.process_state(child.pid) == "S"
+        assert procfs.process_state(child.pid) in ("R", "S")  # a parser splitting at the first ')' says Z
         assert procfs.start_time(child.pid) >= procfs.start_time(os.getpid())
     finally:
         child.kill()
