@@ -12,9 +12,9 @@ new one when it finds none. Its argv is ``containerd-shim-pyoci-v2 -address <con
 each shim it forks rewrites that to ``containerd-shim-pyoci-v2 -namespace NS -id ID -address ...``.
 
 A template serves the code it imported, so its socket is named after the installed build as well as
-containerd's address (``start.build_id``): after an upgrade, ``start`` finds no template for the new build,
+containerd's address (``paths.build_id``): after an upgrade, ``start`` finds no template for the new build,
 forks the daemon itself and spawns a new template; that one, once ready, tells the previous one (named in
-``start.zygote_record``) to retire, and the previous one removes its socket and exits (its shims live on).
+``paths.zygote_record``) to retire, and the previous one removes its socket and exits (its shims live on).
 """
 
 from __future__ import annotations
