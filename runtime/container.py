@@ -207,6 +207,7 @@ class Container:
             gid_map="".join(f"{m.container_id} {m.host_id} {m.size}\n" for m in linux.gid_mappings),
             time_offsets="".join(f"{clock} {secs} {nsecs}\n" for clock, secs, nsecs in linux.time_offsets),
             cgroup_paths=self.state.cgroup_paths,
+            cgroup_version=self.cgroup.version,
             caps=self._caps(spec.process, "process"),
             rlimits=security.rlimits(spec.process),
             seccomp=compile_filter(linux.seccomp) if linux.seccomp else None,

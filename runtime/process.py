@@ -71,6 +71,7 @@ class Plan:
     gid_map: str = ""
     time_offsets: str = ""
     cgroup_paths: dict[str, str] = field(default_factory=dict)
+    cgroup_version: str = ""  # the cgroup manager's: "v1", "v2" or "hybrid"
     caps: security.CapSets | None = None
     rlimits: tuple[tuple[int, int, int], ...] = ()
     seccomp: tuple[bytes, int] | None = None
@@ -557,6 +558,7 @@ def _init_b(plan: Plan, channel: Channel) -> None:
                 root,
                 m,
                 cgroup_paths=plan.cgroup_paths,
+                cgroup_version=plan.cgroup_version,
                 cgroupns=bool(plan.new_namespaces & k.CLONE_NEWCGROUP),
                 netns=bool(plan.new_namespaces & k.CLONE_NEWNET) or linux.namespace("network") is not None,
             )

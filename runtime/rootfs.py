@@ -325,7 +325,9 @@ def check_proc_mount(m: Mount, inside: str) -> None:
     )
 
 
-def mount_entry(root: Root, m: Mount, *, cgroup_paths: dict[str, str], cgroupns: bool, netns: bool) -> None:
+def mount_entry(
+    root: Root, m: Mount, *, cgroup_paths: dict[str, str], cgroup_version: str, cgroupns: bool, netns: bool
+) -> None:
     opts = parse_options(m.options)
     step = f"mount {m.type or 'bind'} on {m.destination}"
     is_bind = bool(opts.flags & k.MS_BIND) or m.type == "bind"
@@ -341,7 +343,7 @@ def mount_entry(root: Root, m: Mount, *, cgroup_paths: dict[str, str], cgroupns:
         if is_bind:
             _bind(root, m, fd, opts)
         elif m.type == "cgroup":
-            _mount_cgroup(root, m, fd, opts, cgroup_paths, cgroupns)
+            _mount_cgroup(root, m, fd, opts, cgroup_paths, cgroup_version, cgroupns)
         else:
             try:
                 k.mount(m.source or m.type, _fdpath(fd), m.type, opts.flags, opts.data or None)
@@ -390,12 +392,18 @@ def _bind(root: Root, m: Mount, fd: int, opts: MountOptions) -> None:
 
 
 def _mount_cgroup(
-    root: Root, m: Mount, fd: int, opts: MountOptions, cgroup_paths: dict[str, str], cgroupns: bool
+    root: Root,
+    m: Mount,
+    fd: int,
+    opts: MountOptions,
+    cgroup_paths: dict[str, str],
+    cgroup_version: str,
+    cgroupns: bool,
 ) -> None:
     """cgroup v2 in a cgroup namespace: mount cgroup2. Otherwise (v1, hybrid): a tmpfs with the container's
     cgroup directory of each hierarchy bound under it, read-only when the mount is."""
     flags = opts.flags & ~k.MS_BIND
-    if list(cgroup_paths) == [""]:
+    if cgroup_version == "v2":
         if cgroupns:
             k.mount("cgroup", _fdpath(fd), "cgroup2", flags)
         else:
