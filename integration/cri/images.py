@@ -5,13 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import platform
 import shutil
 import subprocess
 import tarfile
 from pathlib import Path
 
-from integration.harness.image import _ARCH, _blob, _info, _json
+from integration.harness.image import _info, write_image
 from integration.harness.versions import CACHE
 
 PAUSE_IMAGE = "docker.io/pyoci/pause:offline"
@@ -49,35 +48,9 @@ def _layer(binary: bytes) -> bytes:
 
 def build_pause_image(dest: Path, name: str = PAUSE_IMAGE) -> Path:
     """An OCI image layout tar (for ``ctr images import``) whose only file is /pause, its entrypoint."""
-    layer = _layer(pause_binary().read_bytes())
-    arch = _ARCH.get(platform.machine(), platform.machine())
-    config = {
-        "architecture": arch,
-        "os": "linux",
-        "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
-    }
-    with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
-        layer_desc = _blob(tar, layer)
-        config_desc = _blob(tar, _json(config))
-        manifest = {
-            "schemaVersion": 2,
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
-            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config_desc},
-            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer_desc}],
-        }
-        manifest_desc = _blob(tar, _json(manifest))
-        index = {
-            "schemaVersion": 2,
-            "manifests": [
-                {
-                    "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    **manifest_desc,
-                    "platform": {"architecture": arch, "os": "linux"},
-                    "annotations": {"io.containerd.image.name": name},
-                }
-            ],
-        }
-        for fname, data in (("oci-layout", _json({"imageLayoutVersion": "1.0.0"})), ("index.json", _json(index))):
-            tar.addfile(_info(fname, tarfile.REGTYPE, 0o644, len(data)), io.BytesIO(data))
-    return dest
+    return write_image(
+        dest,
+        _layer(pause_binary().read_bytes()),
+        {"Entrypoint": ["/pause"], "User": "65535:65535"},
+        {"io.containerd.image.name": name},
+    )

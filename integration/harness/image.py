@@ -78,15 +78,21 @@ def _json(obj: object) -> bytes:
 
 def build_busybox_image(dest: Path, busybox: Path = BUSYBOX, name: str = IMAGE_NAME) -> Path:
     """Write the OCI layout tar to ``dest`` and return it."""
-    layer = _layer(busybox)
+    return write_image(
+        dest,
+        _layer(busybox),
+        {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Cmd": ["sh"]},
+        {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1]},
+    )
+
+
+def write_image(dest: Path, layer: bytes, image_config: dict, annotations: dict[str, str]) -> Path:
+    """An OCI image layout tar of one layer (for ``ctr images import``), named by ``annotations``."""
     arch = _ARCH.get(platform.machine(), platform.machine())
     config = {
         "architecture": arch,
         "os": "linux",
-        "config": {
-            "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
-            "Cmd": ["sh"],
-        },
+        "config": image_config,
         "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
     }
     with tarfile.open(dest, "w", format=tarfile.PAX_FORMAT) as tar:
@@ -106,10 +112,7 @@ def build_busybox_image(dest: Path, busybox: Path = BUSYBOX, name: str = IMAGE_N
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
                     **manifest_desc,
                     "platform": {"architecture": arch, "os": "linux"},
-                    "annotations": {
-                        "io.containerd.image.name": name,
-                        "org.opencontainers.image.ref.name": name.rsplit(":", 1)[-1],
-                    },
+                    "annotations": annotations,
                 }
             ],
         }
