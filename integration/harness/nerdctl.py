@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.harness.golang import go_env
 from integration.harness.versions import CACHE
 
 GO = os.environ.get("PYOCI_GO", "/usr/local/go/bin/go")
@@ -56,16 +57,7 @@ VERSIONS = tuple(RELEASES)
 
 
 def _go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        GOPATH=str(ROOT / "gopath"),
-        GOMODCACHE=str(ROOT / "gopath" / "pkg" / "mod"),
-        GOCACHE=str(ROOT / "go-build"),
-        GOFLAGS="-modcacherw -buildvcs=false",
-        GOTOOLCHAIN="local",
-        CGO_ENABLED="0",
-    )
-    return env
+    return go_env(ROOT, "-modcacherw -buildvcs=false", CGO_ENABLED="0")
 
 
 def _go(*args: str, cwd: Path | None = None) -> str:

@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from integration.harness.golang import go_env
 from integration.harness.versions import CACHE
 
 GO = os.environ.get("PYOCI_GO", "/usr/local/go/bin/go")
@@ -75,15 +76,7 @@ TEST_CGROUPS = ("cgrouptest", "testdir/cgrouptest/container", "testdir/cgrouptes
 
 
 def _go_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env.update(
-        GOPATH=str(ROOT / "gopath"),
-        GOMODCACHE=str(ROOT / "gopath" / "pkg" / "mod"),
-        GOCACHE=str(ROOT / "go-build"),
-        GOFLAGS="-modcacherw -buildvcs=false -trimpath",
-        GOTOOLCHAIN="local",
-    )
-    return env
+    return go_env(ROOT, "-modcacherw -buildvcs=false -trimpath")
 
 
 def _go(*args: str, cwd: Path | None = None, **env: str) -> str:
