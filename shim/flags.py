@@ -3,8 +3,6 @@
 Unknown flags are accepted and ignored (containerd versions add flags over time).
 """
 
-from __future__ import annotations
-
 import os
 
 RUNTIME_TYPE = "io.containerd.pyoci.v2"

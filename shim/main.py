@@ -4,8 +4,6 @@ This module is on every shim invocation's path, so it imports almost nothing; ea
 what it needs. Nothing imports this module (the flags live in ``flags``, the paths in ``paths``).
 """
 
-from __future__ import annotations
-
 import sys
 
 from .flags import RUNTIME_TYPE, parse_flags

@@ -3,8 +3,6 @@
 A leaf module on the path of every ``start`` and ``delete``: builtin C modules only (``_socket``, ``_sha256``).
 """
 
-from __future__ import annotations
-
 import _socket
 import errno
 import os

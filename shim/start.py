@@ -8,10 +8,7 @@ interpreter start: it detaches (new session, stdio to /dev/null, so that contain
 output ends when we exit), then imports the server.
 """
 
-from __future__ import annotations
-
 import _socket
-import array
 import marshal
 import os
 import sys
@@ -98,7 +95,8 @@ def _ask_template(flags, bundle: str, listener: _socket.socket) -> int | None:
             "bundle": bundle,
             "env": {k: os.environ[k] for k in _PASSED_ENV if k in os.environ},
         }
-        fds = array.array("i", [listener.fileno()])
+        # one C int (not `array`, which imports collections)
+        fds = listener.fileno().to_bytes(4, sys.byteorder, signed=True)
         conn.sendmsg([marshal.dumps(request)], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, fds)])
         reply = marshal.loads(conn.recv(4096) or marshal.dumps({}))
         return int(reply["pid"]) if "pid" in reply else None
