@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from functools import cache
 
+from ..procfs import mounts
 from .base import CgroupError
 
 
@@ -36,19 +37,13 @@ class Layout:
 def detect_layout() -> Layout:
     v1: dict[str, str] = {}
     unified = ""
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            fields, rfields = left.split(), right.split()
-            if len(rfields) < 3:
-                continue
-            target, fstype = fields[4], rfields[0]
-            if fstype == "cgroup2" and not unified:
-                unified = target
-            elif fstype == "cgroup":
-                for opt in rfields[2].split(","):
-                    if opt in _V1_SUBSYSTEMS or opt.startswith("name="):
-                        v1.setdefault(opt, target)
+    for mount in mounts():
+        if mount.fs_type == "cgroup2" and not unified:
+            unified = mount.mount_point
+        elif mount.fs_type == "cgroup":
+            for opt in mount.super_options.split(","):
+                if opt in _V1_SUBSYSTEMS or opt.startswith("name="):
+                    v1.setdefault(opt, mount.mount_point)
     own: dict[str, str] = {}
     with open("/proc/self/cgroup") as f:
         for line in f:
