@@ -7,8 +7,11 @@ Safe to call in a forked child: no locks, no allocation beyond ctypes argument c
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
 import platform
+import socket
+import struct
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -216,8 +219,6 @@ def close_range_cloexec(first: int, last: int = 0xFFFFFFFF) -> None:
         == 0
     ):
         return
-    import fcntl
-
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         if first <= fd <= last:
@@ -267,10 +268,6 @@ IFF_UP = 0x1
 
 def loopback_up() -> None:
     """Bring ``lo`` up in this process's network namespace (a new one starts with it down; runc does this)."""
-    import fcntl
-    import socket
-    import struct
-
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sh22x", b"lo", 0)  # struct ifreq: name, flags, padding to 40 bytes
         flags = struct.unpack("16sh22x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]

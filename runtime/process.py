@@ -2,7 +2,9 @@
 
 Everything that can be computed or validated is done in the parent, into a :class:`Plan`; the child
 only makes syscalls, in one linear sequence, and reports a failure as an :class:`Error` (step + errno).
-The child never returns into the caller's code (it ends in ``execve`` or ``os._exit``), uses no asyncio
+Nothing is imported lazily on the child's path: after entering a user namespace it may no longer be
+able to read the interpreter's or the venv's files (a 0700 directory). The child never returns into the
+caller's code (it ends in ``execve`` or ``os._exit``), uses no asyncio
 and takes no locks, so forking from a worker thread of the shim is safe (the forking thread waits for its
 first child by pid; the shim's reaper only reaps the main thread's children). It is non-dumpable
 from its first instruction (no container process can open its /proc files: exe, environ, mem, fd) until
@@ -49,6 +51,7 @@ from . import kernel as k
 from . import rootfs, security
 from .errors import SetupError
 from .hooks import run_hooks
+from .procfs import process_state
 from .spec import Process, Spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -342,8 +345,6 @@ def release(fifo: str, pid: int, timeout: float | None = None) -> None:
 
 
 def _alive(pid: int) -> bool:
-    from .procfs import process_state
-
     return process_state(pid) not in ("", "Z")
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from . import kernel as k
 from .errors import SetupError
+from .procfs import mount_points
 from .spec import Device, Mount, Spec
 
 _FLAGS = {
@@ -299,8 +300,6 @@ def _make_parent_private(rootfs: str) -> None:
 
 
 def _mount_point_of(path: str) -> str:
-    from .procfs import mount_points
-
     best = "/"
     for target in mount_points():
         if (path + "/").startswith(target.rstrip("/") + "/") and len(target) > len(best):
