@@ -49,6 +49,15 @@ def two_tasks(ctr, busybox_image, container_id):
     ctr.remove(*ids.values())
 
 
+# Page-cache counters: file pages are charged to the cgroup that first read the file (busybox, shared by both
+# containers), so which of the two shows them non-zero (and so present in the JSON) depends on the order.
+FILE_PAGES = {
+    f"{prefix}{name}"
+    for prefix in ("", "total_")
+    for name in ("cache", "mapped_file", "active_file", "inactive_file", "pg_maj_fault", "dirty", "writeback")
+}
+
+
 def test_metrics_match_the_runc_shims(ctr, two_tasks):
     ours, theirs = metrics(ctr, two_tasks[PYOCI]), metrics(ctr, two_tasks[RUNC])
     # the same message type, the same fields filled
@@ -57,7 +66,7 @@ def test_metrics_match_the_runc_shims(ctr, two_tasks):
     assert ours["pids"]["current"] == theirs["pids"]["current"] == 3
     assert ours["cpu"]["usage"]["total"] > 0 and ours["memory"]["usage"]["usage"] > 0
     for section in ("memory", "cpu", "pids"):
-        assert set(ours[section]) == set(theirs[section]), section
+        assert set(ours[section]) - FILE_PAGES == set(theirs[section]) - FILE_PAGES, section
     # usage is within noise of the reference (same workload: three sleeping busybox processes)
     a, b = ours["memory"]["usage"]["usage"], theirs["memory"]["usage"]["usage"]
     assert 0.5 < a / b < 2.0, (a, b)
