@@ -7,7 +7,7 @@ as fast as it can, while B is created 30 times. A runtime that resolves the dest
 by path follows the swapped-in symlink: the tmpfs lands on the host directory (seen by a createRuntime
 hook in B's mount namespace), its mount point and the device node are created there. pyoci resolves
 every destination with openat2(RESOLVE_IN_ROOT) and mounts on the fd: the host directory must stay
-empty and unmounted in every round.
+empty and unmounted in every round (a create that loses the race fails with one clear line instead).
 """
 
 from __future__ import annotations
@@ -70,8 +70,11 @@ def test_mount_destinations_cannot_be_raced_out_of_the_rootfs(bundle):
             assert not list(escape.iterdir()), f"written outside the rootfs: {list(escape.iterdir())}"
         mounted = [json.loads(line) for line in report.read_text().splitlines()]
         assert not any(mounted), f"mounted outside the rootfs: {[m for m in mounted if m]}"
-        assert not failures, f"{len(failures)} of {ROUNDS} creates failed: {failures[:3]}"
-        assert len(mounted) == ROUNDS
+        # Losing the race may fail a create (the destination vanished under it), but only with one clear line
+        # naming the mount, and most creates must get through the mounts (each reaches the hook that checks)
+        assert all(len(f.splitlines()) == 1 and "/shared/d/" in f for f in failures), failures[:3]
+        assert len(failures) <= ROUNDS // 3, f"{len(failures)} of {ROUNDS} creates failed: {failures[:3]}"
+        assert len(mounted) == ROUNDS - len(failures)
     finally:
         (volume / "stop").touch()
         attacker.pyoci("delete", "--force", attacker.id)
