@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import threading
 import time
 
 import psutil
@@ -20,6 +19,7 @@ import pytest
 from pyoci.protos import containerd_task_v2_pb2 as task_pb2
 from pyoci.protos import ttrpc_request_pb2
 from pyoci.ttrpc.codec import Frame, FrameType, encode_frame
+from tests.ttrpc import test_backpressure as backpressure
 
 PYOCI = "io.containerd.pyoci.v2"
 RUNC = "io.containerd.runc.v2"
@@ -34,26 +34,8 @@ def flood_bytes(container_id: str, count: int = FLOOD) -> bytes:
     return b"".join(encode_frame(Frame(2 * i + 1, FrameType.REQUEST, wire)) for i in range(count))
 
 
-class Flooder(threading.Thread):
-    """Writes from a blocking socket and never reads; ``sent`` is what the shim has let in so far."""
-
-    def __init__(self, path: str, data: bytes) -> None:
-        super().__init__(daemon=True)
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(path)
-        self.sock.settimeout(0.1)
-        self.data = memoryview(data)
-        self.sent = 0
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        while self.sent < len(self.data) and not self.stop.is_set():
-            try:
-                self.sent += self.sock.send(self.data[self.sent : self.sent + 65536])
-            except TimeoutError:
-                continue
-            except OSError:
-                return
+class Flooder(backpressure.Flooder):
+    """The unit tests' flooder (writes, never reads), waiting the way a real shim needs."""
 
     def wait_settled(self, quiet: float = 2.0, limit: float = 120.0) -> None:
         """Until everything is sent or nothing more was taken for ``quiet`` seconds."""
@@ -65,11 +47,6 @@ class Flooder(threading.Thread):
             elif time.monotonic() - since >= quiet:
                 return
             time.sleep(0.1)
-
-    def close(self) -> None:
-        self.stop.set()
-        self.join(5)
-        self.sock.close()
 
 
 def shim_socket_and_pid(containerd, ctr, cid: str) -> tuple[str, int]:
