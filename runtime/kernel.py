@@ -273,3 +273,78 @@ def loopback_up() -> None:
         flags = struct.unpack("16sh22x", fcntl.ioctl(sock, SIOCGIFFLAGS, request))[1]
         if not flags & IFF_UP:
             fcntl.ioctl(sock, SIOCSIFFLAGS, struct.pack("16sh22x", b"lo", flags | IFF_UP))
+
+
+# the new mount API (Linux 5.2+; mount_setattr 5.12+): detached trees, idmapped mounts
+_SYSCALLS.update({"open_tree": (428, 428), "move_mount": (429, 429), "mount_setattr": (442, 442)})
+OPEN_TREE_CLONE = 1
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_EMPTY_PATH = 0x1000
+AT_RECURSIVE = 0x8000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+MOUNT_ATTR_IDMAP = 0x00100000
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [
+        ("attr_set", ctypes.c_uint64),
+        ("attr_clr", ctypes.c_uint64),
+        ("propagation", ctypes.c_uint64),
+        ("userns_fd", ctypes.c_uint64),
+    ]
+
+
+def open_tree(dirfd: int, path: str, flags: int) -> int:
+    """A detached copy (``OPEN_TREE_CLONE``) of the mount at ``path``, as an fd (close-on-exec)."""
+    return _check(
+        _libc.syscall(_nr("open_tree"), ctypes.c_int(dirfd), _b(path), ctypes.c_uint(flags | os.O_CLOEXEC)),
+        "open_tree",
+        path,
+    )
+
+
+def mount_setattr(dirfd: int, path: str, flags: int, attr_set: int, userns_fd: int = 0, propagation: int = 0) -> None:
+    attr = _MountAttr(attr_set, 0, propagation, userns_fd)
+    _check(
+        _libc.syscall(
+            _nr("mount_setattr"),
+            ctypes.c_int(dirfd),
+            _b(path),
+            ctypes.c_uint(flags),
+            ctypes.byref(attr),
+            ctypes.c_size_t(ctypes.sizeof(attr)),
+        ),
+        "mount_setattr",
+        path,
+    )
+
+
+def move_mount(from_dirfd: int, from_path: str, to_dirfd: int, to_path: str, flags: int) -> None:
+    _check(
+        _libc.syscall(
+            _nr("move_mount"),
+            ctypes.c_int(from_dirfd),
+            _b(from_path),
+            ctypes.c_int(to_dirfd),
+            _b(to_path),
+            ctypes.c_uint(flags),
+        ),
+        "move_mount",
+        to_path,
+    )
+
+
+SECCOMP_GET_NOTIF_SIZES = 3
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 8  # seccomp(2) returns a user-notification fd for SCMP_ACT_NOTIFY
+
+
+def seccomp_notif_sizes() -> tuple[int, int, int]:
+    """The kernel's sizes of struct seccomp_notif, seccomp_notif_resp and seccomp_data (ENOSYS/EINVAL
+    where the kernel has no user notification)."""
+    sizes = (ctypes.c_uint16 * 3)()
+    _check(
+        _libc.syscall(_nr("seccomp"), ctypes.c_uint(SECCOMP_GET_NOTIF_SIZES), ctypes.c_uint(0), ctypes.byref(sizes)),
+        "seccomp",
+    )
+    return sizes[0], sizes[1], sizes[2]
