@@ -188,11 +188,12 @@ class SockFprog(ctypes.Structure):
 SECCOMP_SET_MODE_FILTER = 1
 
 
-def seccomp_set_filter(program: bytes, flags: int) -> None:
-    """Install a classic-BPF seccomp filter (``program`` is an array of 8-byte sock_filter)."""
+def seccomp_set_filter(program: bytes, flags: int) -> int:
+    """Install a classic-BPF seccomp filter (``program`` is an array of 8-byte sock_filter); with
+    SECCOMP_FILTER_FLAG_NEW_LISTENER the result is the notify fd (close-on-exec), otherwise 0."""
     buf = ctypes.create_string_buffer(program, len(program))
     prog = SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
-    _check(
+    return _check(
         _libc.syscall(_nr("seccomp"), ctypes.c_uint(SECCOMP_SET_MODE_FILTER), ctypes.c_uint(flags), ctypes.byref(prog)),
         "seccomp",
     )
