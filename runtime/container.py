@@ -17,9 +17,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import idmap, security
 from . import kernel as k
 from . import process as proc
-from . import security
 from .cgroups import Manager, open_cgroup
 from .errors import ConfigError, InvalidState, PyociError, SetupError
 from .hooks import run_hooks
@@ -166,12 +166,15 @@ class Container:
         os.chown(fifo, _host_id(spec.linux.uid_mappings, 0), _host_id(spec.linux.gid_mappings, 0))
         fifo_fd = os.open(fifo, os.O_PATH | os.O_CLOEXEC)
         join_fds: list[int] = []
+        trees: dict[int, int] = {}
         try:
+            trees = idmap.detached_trees(spec)  # made here, in the runtime's namespaces; moved into place by B
             plan = self._init_plan(spec, options, fifo_fd, join_fds)
+            plan.idmapped = trees
             spawned = proc.spawn_init(plan, cgroup.add, self._runtime_hooks)
         finally:
             os.close(fifo_fd)
-            for fd in join_fds:
+            for fd in [*join_fds, *trees.values()]:
                 os.close(fd)
         self._init_channel = spawned.channel
         self.console = spawned.console

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import __version__
+from . import __version__, idmap
 from .rootfs import _FLAGS, _PROPAGATION
 from .seccomp import _ACTIONS, _OPS, FLAGS
 from .spec import CAPABILITIES, HOOK_KINDS, NAMESPACES
@@ -13,7 +13,7 @@ def features() -> dict:
         "ociVersionMin": "1.0.0",
         "ociVersionMax": "1.2.0",
         "hooks": list(HOOK_KINDS),
-        "mountOptions": sorted(set(_FLAGS) | set(_PROPAGATION)),
+        "mountOptions": sorted(set(_FLAGS) | set(_PROPAGATION) | set(idmap.IDMAP_OPTIONS)),
         "linux": {
             "namespaces": list(NAMESPACES),
             "capabilities": list(CAPABILITIES),
@@ -38,7 +38,7 @@ def features() -> dict:
             "apparmor": {"enabled": False},
             "selinux": {"enabled": False},
             "intelRdt": {"enabled": False},
-            "mountExtensions": {"idmap": {"enabled": False}},
+            "mountExtensions": {"idmap": {"enabled": idmap.supported()}},
         },
         "annotations": {"io.github.pyoci.version": __version__},
     }

@@ -83,6 +83,7 @@ class Plan:
     no_pivot: bool = False
     new_keyring: str = ""  # name of a new session keyring for the container ("" keeps the runtime's)
     preserve_fds: int = 0  # fds 3 .. 3+N-1 of the caller stay open in the container (runc's --preserve-fds)
+    idmapped: dict[int, int] = field(default_factory=dict)  # index in spec.mounts -> fd of its idmapped tree
 
     @property
     def mount_setup(self) -> bool:
@@ -554,7 +555,7 @@ def _init_b(plan: Plan, channel: Channel) -> None:
     root = None
     if plan.mount_setup:
         root = rootfs.prepare_root(plan.rootfs, linux.rootfs_propagation)
-        for m in spec.mounts:
+        for i, m in enumerate(spec.mounts):
             rootfs.mount_entry(
                 root,
                 m,
@@ -562,6 +563,7 @@ def _init_b(plan: Plan, channel: Channel) -> None:
                 cgroup_version=plan.cgroup_version,
                 cgroupns=bool(plan.new_namespaces & k.CLONE_NEWCGROUP),
                 netns=bool(plan.new_namespaces & k.CLONE_NEWNET) or linux.namespace("network") is not None,
+                tree=plan.idmapped.get(i, -1),
             )
         if rootfs.needs_dev_setup(spec):
             rootfs.create_devices(root, rootfs.DEFAULT_DEVICES + linux.devices, in_userns)

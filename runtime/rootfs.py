@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from . import kernel as k
 from .errors import SetupError
+from .idmap import IDMAP_OPTIONS
 from .procfs import mount_points
 from .spec import Device, Mount, Spec
 
@@ -65,7 +66,7 @@ _PROPAGATION = {
     "unbindable": k.MS_UNBINDABLE,
     "runbindable": k.MS_UNBINDABLE | k.MS_REC,
 }
-_IGNORED_OPTIONS = {"tmpcopyup", "idmap", "ridmap", "defaults"}
+_IGNORED_OPTIONS = {"tmpcopyup", "defaults", *IDMAP_OPTIONS}  # idmap/ridmap: made by runtime/idmap.py
 # flags a bind remount must keep when the kernel has locked them (mounts from a less privileged namespace)
 _STATVFS_LOCKED = (
     (os.ST_NOSUID, k.MS_NOSUID),
@@ -325,8 +326,17 @@ def check_proc_mount(m: Mount, inside: str) -> None:
 
 
 def mount_entry(
-    root: Root, m: Mount, *, cgroup_paths: dict[str, str], cgroup_version: str, cgroupns: bool, netns: bool
+    root: Root,
+    m: Mount,
+    *,
+    cgroup_paths: dict[str, str],
+    cgroup_version: str,
+    cgroupns: bool,
+    netns: bool,
+    tree: int = -1,
 ) -> None:
+    """Mount ``m`` on its destination resolved inside the rootfs; ``tree`` is the fd of the detached idmapped
+    copy of its source the runtime made (runtime/idmap.py), moved there instead of a bind."""
     opts = parse_options(m.options)
     step = f"mount {m.type or 'bind'} on {m.destination}"
     is_bind = bool(opts.flags & k.MS_BIND) or m.type == "bind"
@@ -340,7 +350,7 @@ def mount_entry(
             fd = root.target(m.destination, as_file=False)
         check_proc_mount(m, root.inside(fd))
         if is_bind:
-            _bind(root, m, fd, opts)
+            _bind(root, m, fd, opts, tree)
         elif m.type == "cgroup":
             _mount_cgroup(root, m, fd, opts, cgroup_paths, cgroup_version, cgroupns)
         else:
@@ -382,9 +392,12 @@ def _remount(root: Root, destination: str, flags: int) -> None:
     _on_mounted(root, destination, remount)
 
 
-def _bind(root: Root, m: Mount, fd: int, opts: MountOptions) -> None:
+def _bind(root: Root, m: Mount, fd: int, opts: MountOptions, tree: int = -1) -> None:
     flags = opts.flags | k.MS_BIND
-    k.mount(m.source, _fdpath(fd), "bind", flags & (k.MS_BIND | k.MS_REC))
+    if tree >= 0:  # an idmapped copy, onto the fd of the destination (never a path)
+        k.move_mount(tree, "", fd, "", k.MOVE_MOUNT_F_EMPTY_PATH | k.MOVE_MOUNT_T_EMPTY_PATH)
+    else:
+        k.mount(m.source, _fdpath(fd), "bind", flags & (k.MS_BIND | k.MS_REC))
     extra = flags & ~(k.MS_BIND | k.MS_REC | k.MS_REMOUNT)
     if extra:
         _remount(root, m.destination, k.MS_BIND | extra)

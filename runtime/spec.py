@@ -40,6 +40,7 @@ UNSUPPORTED = (
     (("process", "scheduler"), "scheduling policies are not supported"),
     (("process", "execCPUAffinity"), "CPU affinity for exec is not supported"),
 )
+IDMAP_MAX_LINES = 340  # ranges in one uid_map/gid_map (Linux 4.15+)
 NAMESPACES = ("pid", "network", "mount", "ipc", "uts", "user", "cgroup", "time")
 RLIMITS = tuple(
     (
@@ -108,6 +109,8 @@ class Mount:
     type: str = ""
     source: str = ""
     options: tuple[str, ...] = ()
+    uid_mappings: tuple[IDMapping, ...] = ()  # idmapped mount: ids on the source -> ids seen on the mount
+    gid_mappings: tuple[IDMapping, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -556,7 +559,7 @@ def parse_spec(data: Any) -> Spec:
         process=parse_process_reader(process_r) if process_r else None,
         hostname=hostname,
         domainname=r.str("domainname"),
-        mounts=tuple(_mount(m) for m in r.objs("mounts")),
+        mounts=tuple(_mount(m, linux) for m in r.objs("mounts")),
         hooks=_hooks(r.obj("hooks")),
         annotations=r.str_map("annotations"),
         linux=linux,
@@ -585,11 +588,43 @@ def parse_resources(data: Any, source: str = "resources") -> Resources:
     return _resources(_Reader(data, "", source))
 
 
-def _mount(r: _Reader) -> Mount:
+def _mount(r: _Reader, linux: Linux) -> Mount:
     dest = r.str("destination", required=True)
     if not dest:
         r.fail("destination", "must not be empty")
-    return Mount(destination=dest, type=r.str("type"), source=r.str("source"), options=r.strs("options"))
+    m = Mount(
+        destination=dest,
+        type=r.str("type"),
+        source=r.str("source"),
+        options=r.strs("options"),
+        uid_mappings=_idmaps(r, "uidMappings"),
+        gid_mappings=_idmaps(r, "gidMappings"),
+    )
+    _check_idmapped_mount(r, m, linux)
+    return m
+
+
+def _check_idmapped_mount(r: _Reader, m: Mount, linux: Linux) -> None:
+    """Spec 1.1+: uidMappings/gidMappings (or the idmap/ridmap option) make an idmapped bind mount."""
+    given = [opt for opt in ("idmap", "ridmap") if opt in m.options]
+    if not given and not m.uid_mappings and not m.gid_mappings:
+        return
+    if len(given) > 1:
+        r.fail("options", "idmap and ridmap exclude each other (ridmap is the recursive one)")
+    if bool(m.uid_mappings) != bool(m.gid_mappings):
+        r.fail(
+            "uidMappings" if m.gid_mappings else "gidMappings",
+            "an idmapped mount needs both uidMappings and gidMappings",
+        )
+    if m.type != "bind" and not {"bind", "rbind"} & set(m.options):
+        r.fail("options", "an idmapped mount (uidMappings, idmap, ridmap) must be a bind mount (bind or rbind)")
+    for key in ("uidMappings", "gidMappings"):
+        if len(r.list(key)) > IDMAP_MAX_LINES:
+            r.fail(key, f"at most {IDMAP_MAX_LINES} ranges (the kernel's limit)")
+    if not m.uid_mappings and linux.namespace("user") is None:
+        r.fail(
+            "options", f"{given[0]} without uidMappings/gidMappings uses the container's user namespace; it has none"
+        )
 
 
 def parse_process_reader(r: _Reader) -> Process:
