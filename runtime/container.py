@@ -211,6 +211,7 @@ class Container:
             time_offsets="".join(f"{clock} {secs} {nsecs}\n" for clock, secs, nsecs in linux.time_offsets),
             cgroup_paths=self.state.cgroup_paths,
             cgroup_version=self.cgroup.version,
+            into_cgroup=self.cgroup.clone_target() or "",
             caps=self._caps(spec.process, "process"),
             rlimits=security.rlimits(spec.process),
             seccomp=compile_filter(linux.seccomp) if linux.seccomp else None,
@@ -409,6 +410,7 @@ class Container:
                 seccomp=compile_filter(spec.linux.seccomp) if spec.linux.seccomp else None,
                 terminal=process.terminal,
                 preserve_fds=preserve_fds,
+                into_cgroup=self.cgroup.clone_target() or "",
             )
             return proc.spawn_exec(plan, self.cgroup.add)
         finally:

@@ -349,3 +349,76 @@ def seccomp_notif_sizes() -> tuple[int, int, int]:
         "seccomp",
     )
     return sizes[0], sizes[1], sizes[2]
+
+
+# clone3(2) with CLONE_INTO_CGROUP: a child created directly in a cgroup2 directory (Linux >= 5.7)
+SYS_CLONE3 = 435  # the same number on x86_64 and in the generic table
+CLONE_INTO_CGROUP = 0x200000000
+CLONE3_MIN_KERNEL = (5, 7)
+
+
+class _CloneArgs(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_uint64)
+        for name in (
+            "flags",
+            "pidfd",
+            "child_tid",
+            "parent_tid",
+            "exit_signal",
+            "stack",
+            "stack_size",
+            "tls",
+            "set_tid",
+            "set_tid_size",
+            "cgroup",
+        )
+    ]
+
+
+# A PyDLL call keeps the GIL held across the call (a CDLL call releases it), as os.fork keeps it across fork().
+_libc_gil = ctypes.PyDLL(None, use_errno=True)
+_libc_gil.syscall.restype = ctypes.c_long
+for _hook in ("PyOS_BeforeFork", "PyOS_AfterFork_Parent", "PyOS_AfterFork_Child"):
+    getattr(ctypes.pythonapi, _hook).restype = None
+    getattr(ctypes.pythonapi, _hook).argtypes = []
+
+
+def clone3_into_cgroup_supported(release: str | None = None) -> bool:
+    """Whether this kernel has clone3(CLONE_INTO_CGROUP) (5.7+). A seccomp filter may still refuse the call:
+    callers treat ENOSYS/EPERM from :func:`fork_into_cgroup` as "unsupported" and fall back."""
+    parts = (release or os.uname().release).split(".")
+    try:
+        version = (int(parts[0]), int("".join(c for c in parts[1] if c.isdigit()) or 0))
+    except (IndexError, ValueError):
+        return False
+    return version >= CLONE3_MIN_KERNEL
+
+
+def fork_into_cgroup(cgroup_fd: int) -> int:
+    """``os.fork()``, with the child created in the cgroup2 directory ``cgroup_fd`` (an O_PATH fd is enough):
+    it never runs outside that cgroup and nothing is written to cgroup.procs. Returns 0 in the child.
+
+    Only for a **single-threaded** process. The raw syscall bypasses libc's fork(), so the interpreter's and
+    libc's fork bookkeeping is done here, the way os.fork does it: PyOS_BeforeFork (at-fork "before" hooks,
+    import lock taken), the syscall with the GIL held throughout (a PyDLL call does not release it), then
+    PyOS_AfterFork_Child (GIL, import lock and thread states reinitialised, at-fork child hooks) or
+    PyOS_AfterFork_Parent. Why that is safe without libc's fork(): with one thread, no other thread can hold
+    malloc's or stdio's locks, or the GIL's mutex, at the moment of the clone; no other thread can have asked
+    for the GIL (a pending drop request would make the child wait forever for a thread that does not exist
+    there, in the few bytecodes run before PyOS_AfterFork_Child); libc's cached thread id in the child is the
+    parent's, which only pthread_kill of *another* thread and robust/error-checking mutexes consult (getpid,
+    gettid and raise use the syscalls). The caller (process.py's A) is a child of os.fork that started no
+    thread, with every signal at SIG_DFL (no Python handler can run in between).
+    """
+    args = _CloneArgs(flags=CLONE_INTO_CGROUP, exit_signal=17, cgroup=cgroup_fd)  # 17: SIGCHLD
+    ctypes.pythonapi.PyOS_BeforeFork()
+    pid = _libc_gil.syscall(ctypes.c_long(SYS_CLONE3), ctypes.byref(args), ctypes.c_size_t(ctypes.sizeof(args)))
+    if pid == 0:
+        ctypes.pythonapi.PyOS_AfterFork_Child()
+        return 0
+    err = ctypes.get_errno()
+    ctypes.pythonapi.PyOS_AfterFork_Parent()
+    if pid < 0:
+        raise OSError(err, f"clone3(CLONE_INTO_CGROUP): {os.strerror(err)}")
+    return pid

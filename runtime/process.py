@@ -83,6 +83,7 @@ class Plan:
     no_pivot: bool = False
     new_keyring: str = ""  # name of a new session keyring for the container ("" keeps the runtime's)
     preserve_fds: int = 0  # fds 3 .. 3+N-1 of the caller stay open in the container (runc's --preserve-fds)
+    into_cgroup: str = ""  # cgroup2 directory B is created in by clone3(CLONE_INTO_CGROUP) ("": write cgroup.procs)
     idmapped: dict[int, int] = field(default_factory=dict)  # index in spec.mounts -> fd of its idmapped tree
 
     @property
@@ -241,17 +242,56 @@ class Spawned:
     console: int | None = None  # pty master of a terminal process (the caller owns it)
 
 
+CLONE_STEP = "clone into cgroup"
+_CLONE3_REFUSED = (errno.ENOSYS, errno.EPERM, errno.EINVAL, errno.EOPNOTSUPP)  # kernel or seccomp lacks it
+_clone3_usable = k.clone3_into_cgroup_supported()
+
+
+def _clone_target(plan: Plan) -> int | None:
+    """An O_PATH fd of the cgroup2 directory B is to be created in, or None for the fallback (A is written
+    to cgroup.procs): no clone3(CLONE_INTO_CGROUP) here, or a user namespace (A, root in it, is not allowed
+    to create a process in the host's cgroup), or PYOCI_NO_CLONE3 set (to compare)."""
+    if not plan.into_cgroup or not _clone3_usable or os.environ.get("PYOCI_NO_CLONE3"):
+        return None
+    if plan.new_user or any(flag == k.CLONE_NEWUSER for flag, _ in plan.join):
+        return None
+    try:
+        return os.open(plan.into_cgroup, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return None  # the write to cgroup.procs then names what is wrong
+
+
 def _fork_container_process(
-    plan: Plan, body: Callable[[Plan, Channel], None], add_to_cgroup: Callable[[int], None]
+    plan: Plan, body: Callable[[Plan, Channel], None], add_to_cgroup: Callable[..., None]
 ) -> tuple[Channel, int]:
     """The part init and exec share: fork A, let it enter the namespaces (writing the id maps and joining
     the cgroup for it), and get the pid of B, which A forks to run ``body`` and then exits. Returns B's
-    channel and pid."""
+    channel and pid. On cgroup v2 (and the cgroup2 part of hybrid) A creates B directly in the container's
+    cgroup with clone3(CLONE_INTO_CGROUP) and A itself is never moved; where the kernel (or a seccomp filter)
+    refuses that, this falls back for good to writing A's pid to cgroup.procs."""
+    global _clone3_usable
+    cgroup_fd = _clone_target(plan)
+    if cgroup_fd is None:
+        return _fork_a(plan, body, add_to_cgroup, None)
+    try:
+        return _fork_a(plan, body, add_to_cgroup, cgroup_fd)
+    except SetupError as exc:
+        if exc.step != CLONE_STEP or exc.errno not in _CLONE3_REFUSED:
+            raise
+        _clone3_usable = False
+    finally:
+        os.close(cgroup_fd)
+    return _fork_a(plan, body, add_to_cgroup, None)
+
+
+def _fork_a(
+    plan: Plan, body: Callable[[Plan, Channel], None], add_to_cgroup: Callable[..., None], cgroup_fd: int | None
+) -> tuple[Channel, int]:
     parent_a, child_a = _pair()
     parent_b, child_b = _pair()
     pid_a = os.fork()
     if pid_a == 0:
-        _child(lambda: _run_a(plan, child_a, child_b, (parent_a, parent_b), body))
+        _child(lambda: _run_a(plan, child_a, child_b, (parent_a, parent_b), body, cgroup_fd))
     child_a.close()
     child_b.close()
     pid_b = 0
@@ -259,7 +299,7 @@ def _fork_container_process(
         parent_a.sock.settimeout(SETUP_TIMEOUT)
         parent_b.sock.settimeout(SETUP_TIMEOUT)
         parent_a.expect(Sync)
-        _sync_a(plan, pid_a, add_to_cgroup)
+        _sync_a(plan, pid_a, add_to_cgroup, cgroup_fd is not None)
         parent_a.send(Go())
         pid_b = parent_a.expect(Pid).pid
         _reap(pid_a)
@@ -349,14 +389,17 @@ def _alive(pid: int) -> bool:
     return process_state(pid) not in ("", "Z")
 
 
-def _sync_a(plan: Plan, pid_a: int, add_to_cgroup: Callable[[int], None]) -> None:
+def _sync_a(plan: Plan, pid_a: int, add_to_cgroup: Callable[..., None], cloned_into_cgroup: bool) -> None:
     if plan.new_user:
         try:
             _write(f"/proc/{pid_a}/uid_map", plan.uid_map)
             _write(f"/proc/{pid_a}/gid_map", plan.gid_map)
         except OSError as exc:
             raise SetupError("write id mappings", exc.errno or errno.EIO, f"/proc/{pid_a}/uid_map") from None
-    add_to_cgroup(pid_a)
+    if cloned_into_cgroup:
+        add_to_cgroup(pid_a, unified=False)  # hybrid: the v1 hierarchies (B inherits them); pure v2: nothing
+    else:
+        add_to_cgroup(pid_a)
 
 
 def _write(path: str, data: str) -> None:
@@ -462,19 +505,47 @@ def _run_a(
     channel_b: Channel,
     parents: tuple[Channel, Channel],
     body: Callable[[Plan, Channel], None],
+    cgroup_fd: int | None = None,
 ) -> None:
     for end in parents:
         end.close()
-    _guarded(channel, lambda: _enter_namespaces(plan, channel))
-    pid_b = os.fork()
-    if pid_b == 0:
+    _guarded(channel, lambda: _enter_namespaces(plan, channel, cgroupns=cgroup_fd is None))
+    forked: list[int] = []
+    _guarded(channel, lambda: forked.append(_fork_b(cgroup_fd)))
+    if forked[0] == 0:
         channel.close()
-        _child(lambda: _guarded(channel_b, lambda: body(plan, channel_b)))
-    channel.send(Pid(pid_b))
+        _child(lambda: _guarded(channel_b, lambda: _run_b(plan, channel_b, body, cgroup_fd)))
+    channel.send(Pid(forked[0]))
     os._exit(0)
 
 
-def _enter_namespaces(plan: Plan, channel: Channel) -> None:
+def _fork_b(cgroup_fd: int | None) -> int:
+    if cgroup_fd is None:
+        return os.fork()
+    with _Step(CLONE_STEP):
+        return k.fork_into_cgroup(cgroup_fd)  # safe here: A is single-threaded (see its docstring)
+
+
+def _run_b(plan: Plan, channel: Channel, body: Callable[[Plan, Channel], None], cgroup_fd: int | None) -> None:
+    if cgroup_fd is not None:
+        # B was created in the cgroup; the cgroup namespace is entered only now, so that its root is the
+        # container's cgroup (and A, outside it, could create B there under nsdelegate)
+        os.close(cgroup_fd)
+        _enter_cgroupns(plan)
+    body(plan, channel)
+
+
+def _enter_cgroupns(plan: Plan) -> None:
+    for flag, fd in plan.join:
+        if flag == k.CLONE_NEWCGROUP:
+            with _Step("join namespace", _ns_name(flag)):
+                k.setns(fd, flag)
+    if plan.new_namespaces & k.CLONE_NEWCGROUP:
+        with _Step("unshare namespaces", "cgroup"):
+            k.unshare(k.CLONE_NEWCGROUP)
+
+
+def _enter_namespaces(plan: Plan, channel: Channel, cgroupns: bool = True) -> None:
     _stdio(plan)
     if plan.process.oom_score_adj is not None:
         # here, in the runtime's namespaces: inherited by B; a non-dumpable process in a new user
@@ -494,13 +565,15 @@ def _enter_namespaces(plan: Plan, channel: Channel) -> None:
         with _Step("become root in the user namespace"):
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
+    skip = k.CLONE_NEWUSER if cgroupns else k.CLONE_NEWUSER | k.CLONE_NEWCGROUP  # B enters the cgroupns itself
     for flag, fd in plan.join:
-        if flag != k.CLONE_NEWUSER:
+        if not flag & skip:
             with _Step("join namespace", _ns_name(flag)):
                 k.setns(fd, flag)
-    if plan.new_namespaces:
+    unshare = plan.new_namespaces & ~skip
+    if unshare:
         with _Step("unshare namespaces"):
-            k.unshare(plan.new_namespaces)
+            k.unshare(unshare)
     if plan.new_namespaces & k.CLONE_NEWNET:
         with _Step("bring up lo"):
             k.loopback_up()

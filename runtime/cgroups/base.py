@@ -111,6 +111,11 @@ class Manager(ABC):
     def add(self, pid: int) -> None:
         """Move a process into the cgroup."""
 
+    def clone_target(self) -> str | None:
+        """The cgroup2 directory a new process can be created in directly (clone3 CLONE_INTO_CGROUP), after
+        which ``add(pid, unified=False)`` moves it into the v1 hierarchies only; None: use ``add``."""
+        return None
+
     @abstractmethod
     def apply(self, resources: Resources | None, *, update: bool = False) -> list[str]:
         """Write resource limits; returns warnings (ignored deprecated settings)."""

@@ -65,11 +65,14 @@ class V1Manager(Manager):
         if self._unified:
             self._unified.create()
 
-    def add(self, pid: int) -> None:
+    def add(self, pid: int, *, unified: bool = True) -> None:
         for d in self._dirs():
             write(f"{d}/cgroup.procs", str(pid))
-        if self._unified:
+        if self._unified and unified:
             self._unified.add(pid)
+
+    def clone_target(self) -> str | None:
+        return self._unified.path if self._unified else None
 
     def pids(self) -> list[int]:
         base = self._paths.get("pids") or self._paths.get("memory") or self._dirs()[0]

@@ -59,8 +59,12 @@ class V2Manager(Manager):
                         pass  # e.g. cpu with realtime tasks; a resource that needs it reports it
             d = f"{d}/{part}"
 
-    def add(self, pid: int) -> None:
-        write(f"{self.path}/cgroup.procs", str(pid))
+    def add(self, pid: int, *, unified: bool = True) -> None:
+        if unified:
+            write(f"{self.path}/cgroup.procs", str(pid))
+
+    def clone_target(self) -> str | None:
+        return self.path
 
     def pids(self) -> list[int]:
         found: list[int] = []
