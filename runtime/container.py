@@ -23,7 +23,7 @@ from . import process as proc
 from .cgroups import Manager, open_cgroup
 from .errors import ConfigError, InvalidState, PyociError, SetupError
 from .hooks import run_hooks
-from .seccomp import compile_filter
+from .seccomp import compile_filter, process_state, send_to_listener
 from .spec import Process, Resources, Spec, load_spec, read_config, spec_from_bytes
 from .state import State, Store, process_start_time, process_status, validate_id
 
@@ -171,7 +171,9 @@ class Container:
             trees = idmap.detached_trees(spec)  # made here, in the runtime's namespaces; moved into place by B
             plan = self._init_plan(spec, options, fifo_fd, join_fds)
             plan.idmapped = trees
-            spawned = proc.spawn_init(plan, cgroup.add, self._runtime_hooks)
+            spawned = proc.spawn_init(
+                plan, cgroup.add, self._runtime_hooks, lambda pid, fd: self._seccomp_agent(spec, "creating", pid, fd)
+            )
         finally:
             os.close(fifo_fd)
             for fd in [*join_fds, *trees.values()]:
@@ -229,6 +231,14 @@ class Container:
         run_hooks("prestart", hooks.prestart, state)
         run_hooks("createRuntime", hooks.create_runtime, state)
         return state
+
+    def _seccomp_agent(self, spec: Spec, status: str, pid: int, fd: int) -> None:
+        """Send the seccomp notify fd of process ``pid`` with the container process state to the agent."""
+        profile = spec.linux.seccomp
+        assert profile is not None
+        send_to_listener(
+            profile.listener_path, fd, process_state(profile, pid, self.oci_state(status=status).to_json())
+        )
 
     def _undo_create(self) -> None:
         try:
@@ -412,7 +422,7 @@ class Container:
                 preserve_fds=preserve_fds,
                 into_cgroup=self.cgroup.clone_target() or "",
             )
-            return proc.spawn_exec(plan, self.cgroup.add)
+            return proc.spawn_exec(plan, self.cgroup.add, lambda pid, fd: self._seccomp_agent(spec, RUNNING, pid, fd))
         finally:
             for fd in fds:
                 os.close(fd)

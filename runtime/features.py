@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from . import __version__, idmap
 from .rootfs import _FLAGS, _PROPAGATION
-from .seccomp import _ACTIONS, _OPS, FLAGS
+from .seccomp import _OPS, FLAGS, notify_supported, supported_actions
 from .spec import CAPABILITIES, HOOK_KINDS, NAMESPACES
 
 
@@ -20,7 +20,7 @@ def features() -> dict:
             "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
             "seccomp": {
                 "enabled": True,
-                "actions": sorted(a for a in _ACTIONS if a != "SCMP_ACT_NOTIFY"),
+                "actions": supported_actions(),
                 "operators": sorted(_OPS),
                 "archs": [
                     "SCMP_ARCH_X86_64",
@@ -40,7 +40,12 @@ def features() -> dict:
             "intelRdt": {"enabled": False},
             "mountExtensions": {"idmap": {"enabled": idmap.supported()}},
         },
-        "annotations": {"io.github.pyoci.version": __version__},
+        "annotations": {
+            "io.github.pyoci.version": __version__,
+            # SCMP_ACT_NOTIFY works: filters load with SECCOMP_FILTER_FLAG_NEW_LISTENER, linux.seccomp.listenerPath
+            # gets the notify fd
+            "io.github.pyoci.seccomp.listener": "true" if notify_supported() else "false",
+        },
     }
 
 

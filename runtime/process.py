@@ -24,6 +24,8 @@ SOCK_STREAM socket, so a state of any size fits), in exactly this sequence (runc
                                                  createRuntime hooks
   B        Go(state)                 P → B       init only: the state for createContainer/startContainer hooks
   B        Console(fd, name)         B → P       terminal only: the pty master (SCM_RIGHTS)
+  B        SeccompFd(fd)             B → P       SCMP_ACT_NOTIFY only: the notify fd (SCM_RIGHTS) once the
+                                                 filter is loaded; P sends it to the seccomp agent
   B        Ready                     B → P       init only: set up; B now blocks on exec.fifo
   B        (EOF)                     B → P       exec only: execve succeeded (the channel is close-on-exec)
   A or B   Error(step, errno, detail)            instead of any message above
@@ -122,6 +124,11 @@ class Console:
 
 
 @dataclass(frozen=True)
+class SeccompFd:
+    fd: int = -1  # travels as SCM_RIGHTS, not in the JSON
+
+
+@dataclass(frozen=True)
 class Ready:
     pass
 
@@ -136,8 +143,9 @@ class Error:
         return SetupError(self.step, self.errno, self.detail)
 
 
-Message = Sync | Go | Pid | Hooks | Console | Ready | Error
-_KINDS: dict[str, type] = {cls.__name__: cls for cls in (Sync, Go, Pid, Hooks, Console, Ready, Error)}
+Message = Sync | Go | Pid | Hooks | Console | SeccompFd | Ready | Error
+_KINDS: dict[str, type] = {cls.__name__: cls for cls in (Sync, Go, Pid, Hooks, Console, SeccompFd, Ready, Error)}
+_WITH_FD = (Console, SeccompFd)
 _HEADER = struct.Struct("!I")
 
 
@@ -152,7 +160,7 @@ class Channel:
         body = {"t": type(msg).__name__, **{f.name: getattr(msg, f.name) for f in fields(msg) if f.name != "fd"}}
         data = json.dumps(body).encode()
         frame = _HEADER.pack(len(data)) + data
-        if isinstance(msg, Console):
+        if isinstance(msg, _WITH_FD):
             sent = socket.send_fds(self.sock, [frame], [msg.fd])
             frame = frame[sent:]
         if frame:
@@ -172,7 +180,7 @@ class Channel:
         try:
             body = json.loads(data)
             cls = _KINDS[body.pop("t")]
-            if cls is Console:
+            if cls in _WITH_FD:
                 body["fd"] = fds.pop(0)
             msg = cls(**body)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
@@ -189,7 +197,7 @@ class Channel:
             raise SetupError("container setup", errno.ETIMEDOUT, f"no {kind.__name__} from the child") from None
         if isinstance(msg, kind):
             return msg
-        if isinstance(msg, Console):
+        if isinstance(msg, _WITH_FD):
             os.close(msg.fd)
         if isinstance(msg, Error):
             raise msg.exception()
@@ -316,9 +324,11 @@ def spawn_init(
     plan: Plan,
     add_to_cgroup: Callable[[int], None],
     run_runtime_hooks: Callable[[int], dict],
+    on_seccomp_fd: Callable[[int, int], None] | None = None,
 ) -> Spawned:
     """Fork the container's init; returns once it waits on exec.fifo. ``run_runtime_hooks(pid)`` runs
-    the prestart and createRuntime hooks and returns the state JSON for the in-container hooks."""
+    the prestart and createRuntime hooks and returns the state JSON for the in-container hooks;
+    ``on_seccomp_fd(pid, fd)`` hands a seccomp notify fd to the agent (the fd is closed after it)."""
     channel, pid_b = _fork_container_process(plan, _init_b, add_to_cgroup)
     console = None
     try:
@@ -327,6 +337,7 @@ def spawn_init(
         channel.send(Go(state=state))
         if plan.terminal:
             console = channel.expect(Console).fd
+        _seccomp_fd(plan, channel, pid_b, on_seccomp_fd)
         channel.expect(Ready)
         channel.sock.settimeout(None)
         return Spawned(pid_b, channel, console)
@@ -338,7 +349,9 @@ def spawn_init(
         raise
 
 
-def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, int | None]:
+def spawn_exec(
+    plan: Plan, add_to_cgroup: Callable[[int], None], on_seccomp_fd: Callable[[int, int], None] | None = None
+) -> tuple[int, int | None]:
     """Fork a process into a running container; returns its pid (and its pty master if it has a terminal)
     once execve succeeded."""
     channel, pid_b = _fork_container_process(plan, _exec_b, add_to_cgroup)
@@ -346,6 +359,7 @@ def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, i
     try:
         if plan.terminal:
             console = channel.expect(Console).fd
+        _seccomp_fd(plan, channel, pid_b, on_seccomp_fd)
         msg = channel.recv()  # EOF: execve closed the channel (close-on-exec) — success
         if isinstance(msg, Error):
             raise msg.exception()
@@ -359,6 +373,19 @@ def spawn_exec(plan: Plan, add_to_cgroup: Callable[[int], None]) -> tuple[int, i
         raise
     finally:
         channel.close()
+
+
+def _seccomp_fd(plan: Plan, channel: Channel, pid: int, on_seccomp_fd: Callable[[int, int], None] | None) -> None:
+    """Receive the notify fd of a filter with SCMP_ACT_NOTIFY and hand it on; the runtime keeps no copy."""
+    if plan.seccomp is None or not plan.seccomp[1] & k.SECCOMP_FILTER_FLAG_NEW_LISTENER:
+        return
+    fd = channel.expect(SeccompFd).fd
+    try:
+        if on_seccomp_fd is None:
+            raise SetupError("container setup", errno.EINVAL, "a seccomp notify fd but no agent to send it to")
+        on_seccomp_fd(pid, fd)
+    finally:
+        os.close(fd)
 
 
 def release(fifo: str, pid: int, timeout: float | None = None) -> None:
@@ -670,7 +697,7 @@ def _init_b(plan: Plan, channel: Channel) -> None:
             rootfs.readonly_root()
     if plan.terminal:
         _setup_console(plan, channel)
-    _process_setup(plan)
+    _process_setup(plan, channel)
     argv0 = _resolve_executable(plan.process)
     channel.send(Ready())
     with _Step("wait for start", "exec.fifo"):
@@ -687,7 +714,7 @@ def _exec_b(plan: Plan, channel: Channel) -> None:
         os.setsid()
     if plan.terminal:
         _setup_console(plan, channel)
-    _process_setup(plan)
+    _process_setup(plan, channel)
     argv0 = _resolve_executable(plan.process)
     _execve(plan, argv0)
 
@@ -709,7 +736,7 @@ def _setup_console(plan: Plan, channel: Channel) -> None:
             os.close(slave)
 
 
-def _process_setup(plan: Plan) -> None:
+def _process_setup(plan: Plan, channel: Channel) -> None:
     """Process attributes common to init and exec, in runc's order; ends in the cwd, ready to exec."""
     process = plan.process
     security.apply_rlimits(plan.rlimits)
@@ -717,7 +744,7 @@ def _process_setup(plan: Plan) -> None:
         with _Step("set no_new_privs"):
             k.prctl(k.PR_SET_NO_NEW_PRIVS, 1)
     if plan.seccomp and not process.no_new_privileges:
-        _load_seccomp(plan.seccomp)  # needs CAP_SYS_ADMIN: before capabilities are dropped
+        _load_seccomp(plan.seccomp, channel)  # needs CAP_SYS_ADMIN: before capabilities are dropped
     security.apply_credentials(process, plan.caps)
     with _Step("chdir", process.cwd):
         os.chdir(process.cwd)
@@ -728,12 +755,19 @@ def _process_setup(plan: Plan) -> None:
         except FileNotFoundError:
             raise SetupError("chdir", errno.EPERM, f"{process.cwd}: outside the container's root") from None
     if plan.seccomp and process.no_new_privileges:
-        _load_seccomp(plan.seccomp)  # as late as possible: fewer syscalls of ours go through it
+        _load_seccomp(plan.seccomp, channel)  # as late as possible: fewer syscalls of ours go through it
 
 
-def _load_seccomp(seccomp: tuple[bytes, int]) -> None:
+def _load_seccomp(seccomp: tuple[bytes, int], channel: Channel) -> None:
     with _Step("load seccomp filter"):
-        k.seccomp_set_filter(*seccomp)
+        fd = k.seccomp_set_filter(*seccomp)
+    if seccomp[1] & k.SECCOMP_FILTER_FLAG_NEW_LISTENER:
+        # the runtime passes the notify fd to the agent; the container must not keep it (it could answer
+        # its own notifications)
+        with _Step("send seccomp notify fd"):
+            channel.send(SeccompFd(fd=fd))
+        with _Step("close seccomp notify fd"):
+            os.close(fd)
 
 
 def _env(process: Process) -> dict[str, str]:

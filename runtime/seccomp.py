@@ -2,6 +2,11 @@
 
 Compiling before the fork means a bad profile is reported before any process exists, and the child
 only has to hand the finished program to the kernel (``kernel.seccomp_set_filter``).
+
+User notification (``SCMP_ACT_NOTIFY``, runtime-spec 1.1): the filter is loaded with
+SECCOMP_FILTER_FLAG_NEW_LISTENER, the container process hands the notify fd to the runtime over its
+channel, and the runtime sends it with the container process state (``process_state``) to the agent
+listening on ``linux.seccomp.listenerPath`` (``send_to_listener``), as runc does.
 """
 
 from __future__ import annotations
@@ -9,10 +14,13 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import json
 import os
+import socket
 from functools import cache
 
-from .errors import ConfigError, Unsupported
+from . import kernel as k
+from .errors import ConfigError, SetupError, Unsupported
 from .spec import Seccomp
 
 _ACTIONS = {
@@ -42,6 +50,15 @@ FLAGS = {
     "SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV": 32,
 }
 _SCMP_FLTATR_CTL_NNP = 3
+NOTIFY = "SCMP_ACT_NOTIFY"
+# flags the runtime adds itself (not settable in linux.seccomp.flags)
+RUNTIME_FLAGS = {"SECCOMP_FILTER_FLAG_NEW_LISTENER": k.SECCOMP_FILTER_FLAG_NEW_LISTENER}
+# the container process makes these between loading the filter and handing its notify fd over (the
+# channel's sendmsg/send); notified, they would wait for an agent that can never get the fd (runc refuses
+# "write" for its pipe the same way)
+NOTIFY_REFUSED = ("sendmsg", "sendto", "write")
+SECCOMP_FD_NAME = "seccompFd"  # runtime-spec's name of the fd in the container process state
+LISTENER_TIMEOUT = 30.0
 
 
 class _ArgCmp(ctypes.Structure):
@@ -79,9 +96,21 @@ def _lib() -> ctypes.CDLL:
     return lib
 
 
+@cache
+def notify_supported() -> bool:
+    """Whether this kernel has seccomp user notification (SECCOMP_GET_NOTIF_SIZES answers)."""
+    try:
+        return k.seccomp_notif_sizes()[0] > 0
+    except OSError:
+        return False
+
+
+def supported_actions() -> list[str]:
+    """The actions ``compile_filter`` accepts on this host (``pyoci features``)."""
+    return sorted(a for a in _ACTIONS if a != NOTIFY or notify_supported())
+
+
 def _action(name: str, errno_ret: int | None, where: str) -> int:
-    if name == "SCMP_ACT_NOTIFY":
-        raise Unsupported(f"{where}: SCMP_ACT_NOTIFY needs a seccomp listener, which pyoci does not support")
     value = _ACTIONS[name]
     if name == "SCMP_ACT_ERRNO":
         value |= (errno.EPERM if errno_ret is None else errno_ret) & 0xFFFF
@@ -97,6 +126,7 @@ def _arch_name(oci: str) -> str:
 def compile_filter(profile: Seccomp) -> tuple[bytes, int]:
     """The BPF program (sock_filter array) and the seccomp(2) flags for ``profile``."""
     lib = _lib()
+    notify = _check_notify(profile)
     default = _action(profile.default_action, profile.default_errno_ret, "linux.seccomp.defaultAction")
     ctx = lib.seccomp_init(default)
     if not ctx:
@@ -146,7 +176,74 @@ def compile_filter(profile: Seccomp) -> tuple[bytes, int]:
     flags = 0
     for flag in profile.flags:
         flags |= FLAGS[flag]
+    if notify:
+        # the kernel refuses TSYNC with NEW_LISTENER; the container process is single-threaded anyway
+        flags = (flags & ~FLAGS["SECCOMP_FILTER_FLAG_TSYNC"]) | RUNTIME_FLAGS["SECCOMP_FILTER_FLAG_NEW_LISTENER"]
     return program, flags
+
+
+def _check_notify(profile: Seccomp) -> bool:
+    """Whether the profile notifies an agent; refuses what cannot work (runc's rules)."""
+    if profile.default_action == NOTIFY:
+        raise ConfigError(
+            "linux.seccomp.defaultAction",
+            "SCMP_ACT_NOTIFY cannot be the default action: the container process could not hand its notify fd "
+            "to the runtime",
+        )
+    uses = False
+    for i, rule in enumerate(profile.syscalls):
+        if rule.action != NOTIFY:
+            continue
+        uses = True
+        refused = sorted(set(rule.names) & set(NOTIFY_REFUSED))
+        if refused:
+            raise ConfigError(
+                f"linux.seccomp.syscalls[{i}].action",
+                f"SCMP_ACT_NOTIFY cannot be used for {', '.join(refused)}: the container process needs it to hand "
+                "its notify fd to the runtime",
+            )
+    if not uses:
+        return False
+    if not profile.listener_path:
+        raise ConfigError(
+            "linux.seccomp.listenerPath",
+            "must be set when an action is SCMP_ACT_NOTIFY (the unix socket of the agent that receives the notify fd)",
+        )
+    if not notify_supported():
+        raise Unsupported("linux.seccomp: SCMP_ACT_NOTIFY: this kernel has no seccomp user notification")
+    return True
+
+
+def process_state(profile: Seccomp, pid: int, state: dict) -> dict:
+    """The container process state (runtime-spec runtime.md) sent to the agent with the notify fd: ``pid``
+    is the process that loaded the filter, ``state`` the container's state."""
+    doc = {"ociVersion": state["ociVersion"], "fds": [SECCOMP_FD_NAME], "pid": pid, "state": state}
+    if profile.listener_metadata:
+        doc["metadata"] = profile.listener_metadata
+    return doc
+
+
+def send_to_listener(path: str, fd: int, doc: dict, timeout: float = LISTENER_TIMEOUT) -> None:
+    """Connect to the agent's unix socket (SOCK_STREAM) and send ``doc`` as JSON with ``fd`` (SCM_RIGHTS),
+    then close: the agent reads to EOF."""
+    data = json.dumps(doc).encode()
+    where = f"linux.seccomp.listenerPath {path}"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except OSError as exc:
+            raise SetupError("connect to the seccomp agent", _errno(exc), where) from None
+        try:
+            sent = socket.send_fds(sock, [data], [fd])
+            if sent < len(data):
+                sock.sendall(data[sent:])
+        except OSError as exc:
+            raise SetupError("send the seccomp notify fd", _errno(exc), where) from None
+
+
+def _errno(exc: OSError) -> int:
+    return exc.errno or (errno.ETIMEDOUT if isinstance(exc, TimeoutError) else errno.EIO)
 
 
 BPF_MAXINSNS = 4096  # the kernel's limit on one seccomp program

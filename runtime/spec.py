@@ -295,6 +295,8 @@ class Seccomp:
     architectures: tuple[str, ...] = ()
     flags: tuple[str, ...] = ()
     syscalls: tuple[SeccompRule, ...] = ()
+    listener_path: str = ""  # the seccomp agent's unix socket (SCMP_ACT_NOTIFY)
+    listener_metadata: str = ""  # passed to the agent in the container process state
 
 
 @dataclass(frozen=True, slots=True)
@@ -946,4 +948,6 @@ def _seccomp(r: _Reader) -> Seccomp:
         architectures=r.strs("architectures"),
         flags=flags,
         syscalls=tuple(rules),
+        listener_path=r.str("listenerPath"),
+        listener_metadata=r.str("listenerMetadata"),
     )
