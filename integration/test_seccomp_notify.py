@@ -309,6 +309,8 @@ def test_cli_exec_gets_the_containers_profile(bundle, agent):
     assert agent.log == [("mkdir", exec_doc.doc["pid"], "/y")], agent.log
     check = bundle.pyoci("exec", bundle.id, "sh", "-c", "ls -d /y 2>&1; ls -l /proc/1/fd /proc/self/fd")
     assert "No such file" in check.stdout and "seccomp" not in check.stdout, check.stdout
+    # what the container would see if it held one (the agent does): the check above looks for the right name
+    assert os.readlink(f"/proc/self/fd/{agent._fds[0]}") == "anon_inode:seccomp notify"
     assert len(agent.received) == 3  # every exec'd process gets the filter and its own listener
     bundle.pyoci("kill", bundle.id, "KILL", check=True)
 
