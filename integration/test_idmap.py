@@ -140,6 +140,35 @@ def test_ridmap_maps_submounts_and_idmap_only_the_top(bundle, host_dir, option, 
     assert result.stdout.split() == ["0", sub_owner, "2" if option == "ridmap" else "1"]
 
 
+def test_idmapped_mount_keeps_its_other_options(bundle, host_dir):
+    bundle.config["mounts"].append(_mount(host_dir, ["bind", "idmap", "ro", "nosuid"], _one(1000, 0)))
+    result = run(
+        bundle, "stat -c %u /data; touch /data/x 2>/dev/null || echo refused; grep ' /data ' /proc/self/mountinfo"
+    )
+    assert result.returncode == 0, result.stderr
+    owner, refused, line = result.stdout.splitlines()
+    assert (owner, refused) == ("0", "refused")
+    assert "ro,nosuid" in line.split()[5] and "idmapped" in line.split()[5]
+
+
+def test_mounts_made_in_the_container_do_not_propagate_to_the_host(bundle, host_dir):
+    """The source is a shared mount: its idmapped copy is a slave of it (as a plain bind in the container's rslave
+    mount namespace is), so a mount the container makes under it never shows on the host."""
+    subprocess.run(["mount", "--bind", str(host_dir), str(host_dir)], check=True)
+    try:
+        subprocess.run(["mount", "--make-shared", str(host_dir)], check=True)
+        (host_dir / "sub").mkdir()
+        caps = ["CAP_SYS_ADMIN"]
+        bundle.config["process"]["capabilities"] = {k: caps for k in ("bounding", "effective", "permitted")}
+        bundle.config["mounts"].append(_mount(host_dir, ["bind", "idmap"], _one(1000, 0)))
+        result = run(bundle, "mount -t tmpfs inner /data/sub && grep -c ' /data/sub ' /proc/self/mountinfo")
+        assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
+        with open("/proc/self/mountinfo") as f:
+            assert not [ln for ln in f if f" {host_dir}/sub " in ln]
+    finally:
+        subprocess.run(["umount", "-R", str(host_dir)], check=True)
+
+
 def _no_processes_of(container_id: str) -> list[str]:
     """Processes whose command line names the container (a runtime or a helper it forked), zombies included."""
     found = []
