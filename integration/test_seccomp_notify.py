@@ -383,3 +383,17 @@ def test_containerd_run_and_exec(ctr, busybox_image, container_id, agent, agent_
     assert agent.received[1].doc["state"]["pid"] == init_pid
     assert [e[0] for e in agent.log] == ["mkdir", "connect"] and agent.log[1][2:] == ("127.0.0.1", 9), agent.log
     ctr.remove(container_id)
+
+
+def test_containerd_no_listener_fails_clearly(ctr, busybox_image, container_id, agent_dir):
+    path = str(agent_dir / "absent.sock")
+    profile = agent_dir / "profile.json"
+    profile.write_text(json.dumps(notify_profile(path)))
+    result = ctr(
+        "run", "--rm", "--runtime", RUNTIME, "--seccomp", "--seccomp-profile", str(profile),
+        busybox_image, container_id, "true", check=False,
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert f"connect to the seccomp agent: linux.seccomp.listenerPath {path}" in result.stderr, result.stderr
+    ctr("containers", "delete", container_id, check=False)
+    assert container_id not in ctr("tasks", "list").stdout
