@@ -160,6 +160,25 @@ def _parser(only: str | None = None):
     s = cmd("spec", "write a default config.json", container=False)
     s.add_argument("--bundle", "-b", default=".")
     s.add_argument("--rootless", action="store_true")
+    s = cmd("checkpoint", "checkpoint a running container with criu")
+    s.add_argument("--image-path", default="checkpoint")
+    s.add_argument("--work-path", default="")
+    s.add_argument("--leave-running", action="store_true")
+    s.add_argument("--tcp-established", action="store_true")
+    s.add_argument("--ext-unix-sk", action="store_true")
+    s.add_argument("--file-locks", action="store_true")
+    s.add_argument("--manage-cgroups-mode", default="soft")
+    s.add_argument("--empty-ns", action="append", default=[])
+    s = cmd("restore", "restore a container from a criu checkpoint")
+    s.add_argument("--image-path", default="checkpoint")
+    s.add_argument("--work-path", default="")
+    s.add_argument("--bundle", "-b", default=".")
+    s.add_argument("--detach", "-d", action="store_true")
+    s.add_argument("--pid-file", default="")
+    s.add_argument("--tcp-established", action="store_true")
+    s.add_argument("--ext-unix-sk", action="store_true")
+    s.add_argument("--file-locks", action="store_true")
+    s.add_argument("--manage-cgroups-mode", default="soft")
     s = cmd("events", "print container statistics")
     s.add_argument("--stats", action="store_true")
     s.add_argument("--interval", default="5s")
@@ -183,8 +202,6 @@ def main(argv: list[str] | None = None) -> int:
     from .errors import PyociError
 
     try:
-        if args.systemd_cgroup:
-            raise PyociError("--systemd-cgroup is not supported: pyoci manages cgroupfs paths directly")
         return _COMMANDS[args.command](args)
     except PyociError as exc:
         _log().error("%s", exc)
@@ -276,6 +293,7 @@ def _create_options(args):
         no_new_keyring=args.no_new_keyring,
         pid_file=args.pid_file or None,
         preserve_fds=_preserved_fds(args.preserve_fds),
+        systemd_cgroup=args.systemd_cgroup,
     )
 
 
@@ -527,6 +545,50 @@ def cmd_events(args) -> int:
     return 0
 
 
+def cmd_checkpoint(args) -> int:
+    from .checkpoint import CheckpointOptions, checkpoint
+
+    options = CheckpointOptions(
+        image_path=args.image_path,
+        work_path=args.work_path,
+        leave_running=args.leave_running,
+        tcp_established=args.tcp_established,
+        ext_unix_sk=args.ext_unix_sk,
+        file_locks=args.file_locks,
+        manage_cgroups_mode=args.manage_cgroups_mode,
+        empty_ns=tuple(args.empty_ns),
+    )
+    container = _load(args)
+    checkpoint(container, options)
+    if not args.leave_running:
+        container.delete(force=True)  # as runc: a checkpointed container is gone
+    return 0
+
+
+def cmd_restore(args) -> int:
+    from . import kernel
+    from .checkpoint import RestoreOptions, restore
+    from .container import CreateOptions
+
+    options = RestoreOptions(
+        image_path=args.image_path,
+        work_path=args.work_path,
+        tcp_established=args.tcp_established,
+        ext_unix_sk=args.ext_unix_sk,
+        file_locks=args.file_locks,
+        manage_cgroups_mode=args.manage_cgroups_mode,
+        create=CreateOptions(pid_file=args.pid_file or None),
+    )
+    if not args.detach:
+        kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)
+    container = restore(_store(args), args.id, args.bundle, options)
+    if args.detach:
+        return 0
+    status = _wait_forwarding_signals(container.state.pid)
+    container.delete(force=True)
+    return status
+
+
 _COMMANDS = {
     "create": cmd_create,
     "run": cmd_run,
@@ -543,6 +605,8 @@ _COMMANDS = {
     "features": cmd_features,
     "spec": cmd_spec,
     "events": cmd_events,
+    "checkpoint": cmd_checkpoint,
+    "restore": cmd_restore,
 }
 
 
