@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -114,6 +115,43 @@ def test_idmap_without_mappings_uses_the_container_user_namespace(bundle, host_d
     assert result.stdout.split() == ["1000:1000", "0:0", "made", "1"]
     st = os.stat(host_dir / "new")
     assert (st.st_uid, st.st_gid) == (0, 0)
+
+
+@contextlib.contextmanager
+def _user_namespace_holder() -> Iterator[int]:
+    """A process in a user namespace of its own mapping 0 -> 100000 (65536); ended by its pid afterwards."""
+    holder = subprocess.Popen(["unshare", "--user", "sleep", "1000"])
+    try:
+        ours = os.readlink("/proc/self/ns/user")
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{holder.pid}/ns/user") == ours:
+            assert time.monotonic() < deadline, "unshare --user never entered its namespace"
+            time.sleep(0.01)
+        for name in ("uid_map", "gid_map"):
+            Path(f"/proc/{holder.pid}/{name}").write_text("0 100000 65536\n")
+        yield holder.pid
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_idmap_without_mappings_in_a_joined_user_namespace_uses_its_mapping(host_dir):
+    """In-process (pyoci's CLI joins a user namespace as the host's root, unmapped there, so most of a default
+    config's mounts fail before this one): the tree is idmapped with the joined namespace's mapping."""
+    with _user_namespace_holder() as pid:
+        config = {
+            "ociVersion": "1.2.0",
+            "root": {"path": "rootfs"},
+            "mounts": [_mount(host_dir, ["bind", "idmap"])],
+            "linux": {"namespaces": [{"type": "mount"}, {"type": "user", "path": f"/proc/{pid}/ns/user"}]},
+        }
+        trees = idmap.detached_trees(spec.parse_spec(config))
+    try:
+        # seen from the host through the mount: 1000 on disk -> 101000, root's file -> 100000
+        assert os.fstat(trees[0]).st_uid == 101000
+        assert os.stat("root-file", dir_fd=trees[0]).st_uid == 100000
+    finally:
+        os.close(trees[0])
 
 
 @contextlib.contextmanager
