@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -115,6 +116,29 @@ def test_user_namespace_maps_container_root(bundle):
     lines = result.stdout.split()
     assert lines[:4] == ["0", "0", "100000", "65536"]
     assert lines[4] == "65534"  # host root's files are unmapped: nobody
+
+
+def test_joined_user_namespace_runs_as_its_root(bundle):
+    """A user namespace joined by path (as a pod's containers join the sandbox's): the runtime becomes its
+    root, as runc does, so the usual mounts (devpts gid=5, tmpfs) work; as the host's unmapped root they
+    failed with EOVERFLOW."""
+    holder = subprocess.Popen(["unshare", "-U", "sleep", "100"])
+    try:
+        deadline = time.monotonic() + 10
+        while os.readlink(f"/proc/{holder.pid}/ns/user") == os.readlink("/proc/self/ns/user"):
+            assert time.monotonic() < deadline, "unshare did not make its user namespace"
+            time.sleep(0.01)
+        for name in ("uid_map", "gid_map"):
+            Path(f"/proc/{holder.pid}/{name}").write_text("0 100000 65536\n")
+        c = bundle.config
+        c["linux"]["namespaces"].append({"type": "user", "path": f"/proc/{holder.pid}/ns/user"})
+        c["mounts"] = [m for m in c["mounts"] if m["destination"] != "/sys/fs/cgroup"]
+        result = run(bundle, "id -u; cat /proc/self/uid_map; ls /dev/pts/ptmx")
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.split()[:4] == ["0", "0", "100000", "65536"]
+    finally:
+        holder.kill()
+        holder.wait()
 
 
 def test_lifecycle_created_running_stopped(bundle):

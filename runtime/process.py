@@ -592,6 +592,16 @@ def _enter_namespaces(plan: Plan, channel: Channel, cgroupns: bool = True) -> No
         with _Step("become root in the user namespace"):
             os.setresgid(0, 0, 0)
             os.setresuid(0, 0, 0)
+    elif any(flag == k.CLONE_NEWUSER for flag, _ in plan.join):
+        # as runc: the host's root is unmapped in a joined user namespace (its mounts then fail with
+        # EOVERFLOW); become its root where it maps 0, and carry on as we are where it does not
+        with _Step("become root in the joined user namespace"):
+            try:
+                os.setresgid(0, 0, 0)
+                os.setresuid(0, 0, 0)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
     skip = k.CLONE_NEWUSER if cgroupns else k.CLONE_NEWUSER | k.CLONE_NEWCGROUP  # B enters the cgroupns itself
     for flag, fd in plan.join:
         if not flag & skip:
