@@ -68,6 +68,7 @@ class CreateOptions:
     no_new_keyring: bool = False
     pid_file: str | None = None
     preserve_fds: int = 0  # the caller's fds 3 .. 3+N-1 stay open in the init (runc's --preserve-fds)
+    systemd_cgroup: bool = False  # cgroupsPath is "slice:prefix:name" (default system.slice:pyoci:ID)
 
 
 class Container:
@@ -128,6 +129,11 @@ class Container:
                 "linux.namespaces",
                 "a container needs a mount namespace (new, or joined by path): its mounts would change the host's",
             )
+        cgroups_path = spec.linux.cgroups_path
+        if options.systemd_cgroup:
+            from .cgroups.systemd import systemd_path
+
+            cgroups_path = systemd_path(cgroups_path, container_id)
         store.create(container_id)
         container = cls(
             store,
@@ -137,7 +143,7 @@ class Container:
                 rootfs=rootfs,
                 created=datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
                 annotations=dict(spec.annotations),
-                cgroups_path=spec.linux.cgroups_path,
+                cgroups_path=cgroups_path,
             ),
         )
         container._spec = spec

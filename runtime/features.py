@@ -17,7 +17,7 @@ def features() -> dict:
         "linux": {
             "namespaces": list(NAMESPACES),
             "capabilities": list(CAPABILITIES),
-            "cgroup": {"v1": True, "v2": True, "systemd": False, "systemdUser": False, "rdma": False},
+            "cgroup": {"v1": True, "v2": True, "systemd": _has_systemd_driver(), "systemdUser": False, "rdma": False},
             "seccomp": {
                 "enabled": True,
                 "actions": supported_actions(),
@@ -124,3 +124,10 @@ def default_spec() -> dict:
             "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
         },
     }
+
+
+def _has_systemd_driver() -> bool:
+    """The systemd cgroup driver ships with this build (runtime/cgroups/systemd.py)."""
+    from importlib.util import find_spec
+
+    return find_spec(f"{__package__}.cgroups.systemd") is not None

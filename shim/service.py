@@ -30,7 +30,7 @@ from pyoci.protos import containerd_task_v2_pb2 as task_pb2
 from pyoci.protos import runc_options_pb2, typeurl
 from pyoci.runtime.errors import AlreadyExists, NotFound
 
-from .errors import InvalidArgument, Unimplemented, boundary, status
+from .errors import Unimplemented, boundary, status
 from .events import timestamp
 from .oom import OOMWatcher
 from .reaper import Exit, Reaper
@@ -309,6 +309,6 @@ def _check_options(options, cid: str) -> None:
     if not options.type_url:
         return
     if options.type_url.rsplit("/", 1)[-1] == runc_options_pb2.Options.DESCRIPTOR.full_name:
-        opts = typeurl.unpack(options, runc_options_pb2.Options)
-        if opts.systemd_cgroup:
-            raise InvalidArgument(f"create {cid}: SystemdCgroup is not supported by pyoci")
+        # SystemdCgroup = true: containerd passes cgroupsPath as "slice:prefix:name", and that form is what
+        # selects pyoci's systemd cgroup driver (runtime/cgroups/systemd.py), here and in every later call
+        typeurl.unpack(options, runc_options_pb2.Options)

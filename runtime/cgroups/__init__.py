@@ -15,14 +15,17 @@ from .stats import FreezerState, OOMSource, Stats
 
 def open_cgroup(cgroups_path: str, container_id: str, layout: Layout | None = None) -> Manager:
     """The manager for a container's cgroup. ``cgroups_path`` empty → ``/pyoci/<id>``; a relative
-    path is taken relative to this process's own cgroup, as runc does."""
+    path is taken relative to this process's own cgroup, as runc does; a ``slice:prefix:name`` path (what
+    containerd passes with ``SystemdCgroup = true``, and what ``--systemd-cgroup`` records) selects the systemd
+    driver."""
+    from .systemd import SystemdManager, is_systemd_path
     from .v1 import V1Manager
     from .v2 import V2Manager
 
     layout = layout or detect_layout()
     path = cgroups_path or f"/pyoci/{container_id}"
-    if ":" in path and not path.startswith("/"):
-        raise CgroupError(f"cgroupsPath {path!r} is a systemd slice path; pyoci manages cgroupfs paths only")
+    if is_systemd_path(path):
+        return SystemdManager(path, layout)
     if layout.mode == "unified":
         return V2Manager(layout.resolve_v2(path))
     unified = layout.resolve_v2(path) if layout.unified_mount else None

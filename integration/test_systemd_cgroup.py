@@ -1,0 +1,200 @@
+"""The systemd cgroup driver for real: transient scopes made through systemd's D-Bus API.
+
+On a host with systemd as PID 1 on pure cgroup v2 (the QEMU guest booted with ``--systemd``:
+``python -m integration.vm.guest --systemd -- python -m pytest integration/test_systemd_cgroup.py``) containers
+made through containerd (``ctr run --runc-systemd-cgroup``) and through ``pyoci --systemd-cgroup`` get a
+``.scope`` unit that ``systemctl`` shows with the limits, live updates go through systemd, and delete removes
+the unit. On a host without systemd as init (this CI machine) the driver must fail with one clear error naming
+it and leave nothing behind; those tests run there, the others skip with the reason.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from google.protobuf import any_pb2
+
+from integration.harness.bundle import PYOCI as PYOCI_BIN
+from integration.harness.bundle import _cgroup_mounts
+from pyoci.protos import containerd_task_v2_pb2 as task_pb2
+from pyoci.runtime.cgroups import detect_layout
+from pyoci.runtime.cgroups.systemd import systemd_running
+from pyoci.runtime.dbus import SYSTEMD_PRIVATE, Connection
+from pyoci.ttrpc.client import Client
+
+PYOCI = "io.containerd.pyoci.v2"
+SYSTEMD_V2 = systemd_running() and detect_layout().mode == "unified"
+needs_systemd = pytest.mark.skipif(
+    not SYSTEMD_V2, reason="needs systemd as PID 1 on pure cgroup v2 (the guest: integration/vm/guest.py --systemd)"
+)
+without_systemd = pytest.mark.skipif(systemd_running(), reason="checks the error of a host without systemd as init")
+DRIVER_ERROR = "systemd cgroup driver: systemd is not running as init on this host"
+
+
+def scope_dirs(unit: str) -> list[Path]:
+    """Every directory of ``unit`` under system.slice, in each cgroup hierarchy of this host."""
+    return [Path(m) / "system.slice" / unit for m in _cgroup_mounts() if (Path(m) / "system.slice" / unit).exists()]
+
+
+def systemctl(*args: str, check: bool = True) -> str:
+    result = subprocess.run(["systemctl", "--no-pager", *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise AssertionError(f"systemctl {' '.join(args)} exited {result.returncode}: {result.stdout}{result.stderr}")
+    return result.stdout
+
+
+def show(unit: str, prop: str) -> str:
+    return systemctl("show", "-p", prop, "--value", unit).strip()
+
+
+def unit_gone(unit: str) -> bool:
+    return show(unit, "LoadState") == "not-found" and show(unit, "ActiveState") == "inactive"
+
+
+# ------------------------------------------------------------------------------ a host without systemd (CI)
+
+
+@without_systemd
+def test_cli_without_systemd_fails_clearly_and_leaves_nothing(bundle):
+    bundle.config["linux"]["cgroupsPath"] = ""
+    bundle.write()
+    result = bundle.pyoci("--systemd-cgroup", "run", "--bundle", str(bundle.path), bundle.id)
+    assert result.returncode == 1
+    assert DRIVER_ERROR in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert bundle.pyoci("state", bundle.id).returncode == 1  # no state dir
+    assert scope_dirs(f"pyoci-{bundle.id}.scope") == []
+    # a slice:prefix:name path chooses the driver without the flag too (containerd's SystemdCgroup = true)
+    bundle.config["linux"]["cgroupsPath"] = f"system.slice:pyoci-it:{bundle.id}"
+    bundle.write()
+    result = bundle.pyoci("run", "--bundle", str(bundle.path), bundle.id)
+    assert (result.returncode, DRIVER_ERROR in result.stderr) == (1, True), result.stderr
+    assert scope_dirs(f"pyoci-it-{bundle.id}.scope") == [] and not (bundle.root / bundle.id).exists()
+
+
+@without_systemd
+def test_cli_flag_needs_a_slice_path(bundle):
+    result = bundle.pyoci("--systemd-cgroup", "run", "--bundle", str(bundle.path), bundle.id)
+    assert result.returncode == 1
+    assert 'systemd cgroup driver: expected cgroupsPath of the form "slice:prefix:name"' in result.stderr
+    assert not (bundle.root / bundle.id).exists()
+
+
+def systemd_run_args(how: str, container_id: str) -> list[str]:
+    """``ctr run`` options for a container under the systemd driver: the pyoci shim given a ``slice:prefix:name``
+    cgroupsPath (what containerd passes with ``SystemdCgroup = true``; ctr 1.6 allows --runc-systemd-cgroup only
+    with the runc shim), or containerd's runc shim running the ``pyoci`` binary with ``--systemd-cgroup``."""
+    cgroup = ["--cgroup", f"system.slice:pyoci-it:{container_id}"]
+    if how == "pyoci-shim":
+        return ["--runtime", PYOCI, *cgroup]
+    return ["--runtime", "io.containerd.runc.v2", "--runc-binary", PYOCI_BIN, "--runc-systemd-cgroup", *cgroup]
+
+
+@without_systemd
+@pytest.mark.parametrize("how", ["pyoci-shim", "runc-shim"])
+def test_shim_without_systemd_fails_clearly_and_leaves_nothing(ctr, busybox_image, container_id, how):
+    result = ctr("run", *systemd_run_args(how, container_id), busybox_image, container_id, "true", check=False)
+    assert result.returncode != 0
+    assert DRIVER_ERROR in result.stderr, result.stderr
+    assert ctr.task_status(container_id) == ""
+    assert scope_dirs(f"pyoci-it-{container_id}.scope") == []
+
+
+# --------------------------------------------------------------------------- systemd as PID 1 (the guest)
+
+
+async def _update(address: str, cid: str, resources: dict) -> None:
+    value = any_pb2.Any(
+        type_url="types.containerd.io/opencontainers/runtime-spec/1/LinuxResources",
+        value=json.dumps(resources).encode(),
+    )
+    async with await Client.connect(address) as client:
+        stub = client.stub(task_pb2.DESCRIPTOR.services_by_name["Task"])
+        await stub.Update(task_pb2.UpdateTaskRequest(id=cid, resources=value), timeout=120)
+
+
+@needs_systemd
+def test_ctr_run_with_systemd_cgroup_makes_a_scope(ctr, containerd, busybox_image, container_id):
+    unit = f"pyoci-it-{container_id}.scope"
+    cgroup = Path("/sys/fs/cgroup/system.slice") / unit
+    args = [*systemd_run_args("pyoci-shim", container_id), "--memory-limit", "67108864"]
+    ctr("run", "-d", *args, busybox_image, container_id, "sh", "-c", "sleep 1000 & wait", timeout=300)
+    ctr.wait_task_status(container_id, "RUNNING", timeout=120)
+    pid = ctr.task_pid(container_id)
+    assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::/system.slice/{unit}"
+    status = systemctl("status", unit)
+    assert unit in status and "active (running)" in status, status
+    assert show(unit, "MemoryMax") == "67108864"
+    assert (show(unit, "Delegate"), show(unit, "Slice")) == ("yes", "system.slice")
+    assert (cgroup / "memory.max").read_text().strip() == "67108864"
+    inside = ctr("tasks", "exec", "--exec-id", "cg", container_id, "cat", "/proc/self/cgroup", timeout=120).stdout
+    assert inside.strip() in ("0::/", f"0::/system.slice/{unit}")  # "0::/" in a cgroup namespace
+    assert str(pid) in (cgroup / "cgroup.procs").read_text().split()
+
+    address = (
+        containerd.state / "io.containerd.runtime.v2.task" / ctr.namespace / container_id / "address"
+    ).read_text()
+    limits = {"memory": {"limit": 50331648}, "pids": {"limit": 20}, "cpu": {"quota": 20000, "period": 100000}}
+    asyncio.run(_update(address, container_id, limits))
+    assert (show(unit, "MemoryMax"), show(unit, "TasksMax")) == ("50331648", "20")
+    assert show(unit, "CPUQuotaPerSecUSec") == "200ms"
+    assert (cgroup / "memory.max").read_text().strip() == "50331648"
+    assert (cgroup / "pids.max").read_text().strip() == "20"
+    assert (cgroup / "cpu.max").read_text().strip() == "20000 100000"
+
+    ctr.remove(container_id)
+    assert unit_gone(unit) and not cgroup.exists()
+
+
+@needs_systemd
+def test_cli_systemd_cgroup_run_and_delete(bundle):
+    bundle.config["linux"]["cgroupsPath"] = ""
+    bundle.config["linux"]["resources"] = {"pids": {"limit": 30}, "memory": {"limit": 33554432}}
+    bundle.config["process"]["args"] = ["sleep", "1000"]
+    bundle.write()
+    unit = f"pyoci-{bundle.id}.scope"
+    bundle.pyoci("--systemd-cgroup", "run", "-d", "--bundle", str(bundle.path), bundle.id, timeout=300, check=True)
+    try:
+        pid = json.loads(bundle.pyoci("state", bundle.id, check=True, timeout=120).stdout)["pid"]
+        assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::/system.slice/{unit}"
+        assert (show(unit, "ActiveState"), show(unit, "TasksMax"), show(unit, "MemoryMax")) == (
+            "active",
+            "30",
+            "33554432",
+        )
+        # a second container for the same unit is refused, naming the unit; the first is untouched
+        bundle.config["linux"]["cgroupsPath"] = f"system.slice:pyoci:{bundle.id}"
+        bundle.write()
+        clash = bundle.pyoci("create", "--bundle", str(bundle.path), "clash", timeout=300)
+        assert clash.returncode == 1 and f"systemd cgroup driver: unit {unit} already exists" in clash.stderr
+        assert not (bundle.root / "clash").exists()
+        assert show(unit, "ActiveState") == "active"
+        # the private socket (runc's fallback when the bus is missing) answers too
+        with Connection(SYSTEMD_PRIVATE, bus=False) as conn:
+            (path,) = conn.call(
+                "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager",
+                "GetUnit", "s", unit,
+            )  # fmt: skip
+            assert path.startswith("/org/freedesktop/systemd1/unit/")
+    finally:
+        bundle.pyoci("delete", "--force", bundle.id, timeout=300)
+    assert unit_gone(unit) and not Path(f"/sys/fs/cgroup/system.slice/{unit}").exists()
+    assert os.path.exists("/run/systemd/system")
+
+
+@needs_systemd
+def test_runc_shim_driving_pyoci_with_systemd_cgroup(ctr, busybox_image, container_id):
+    unit = f"pyoci-it-{container_id}.scope"
+    args = systemd_run_args("runc-shim", container_id)
+    ctr("run", "-d", *args, busybox_image, container_id, "sleep", "1000", timeout=300)
+    ctr.wait_task_status(container_id, "RUNNING", timeout=120)
+    pid = ctr.task_pid(container_id)
+    assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::/system.slice/{unit}"
+    assert show(unit, "ActiveState") == "active"
+    ctr.remove(container_id)
+    assert unit_gone(unit) and not (Path("/sys/fs/cgroup/system.slice") / unit).exists()
