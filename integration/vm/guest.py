@@ -31,6 +31,8 @@ CACHE = Path(os.environ.get("PYOCI_CACHE", "/var/cache/pyoci")) / "vm"
 VIRTIOFSD = "/usr/lib/qemu/virtiofsd"
 EXIT_MARK = "PYOCI-GUEST-EXIT="
 KERNEL_ARGS = "console=ttyS0 cgroup_no_v1=all systemd.unified_cgroup_hierarchy=1 panic=-1 quiet loglevel=1"
+SYSTEMD_ARGS = "pyoci_init=systemd systemd.unit=pyoci.target systemd.show_status=0 systemd.log_level=warning"
+BOOTED_MARK = "PYOCI-GUEST-BOOTED="
 
 INIT = r"""#!/bin/busybox sh
 B=/bin/busybox
@@ -44,6 +46,44 @@ $B mount -t tmpfs -o size=1500m tmpfs /upper
 $B mkdir -p /upper/u /upper/w
 $B mount -t overlay overlay -o lowerdir=/host,upperdir=/upper/u,workdir=/upper/w /newroot
 for d in proc sys dev; do $B mount --move /$d /newroot/$d; done
+if [ "$pyoci_init" = systemd ]; then
+  # systemd as PID 1 mounts /run and cgroup2 itself; units of our own pull in only D-Bus and the job
+  U=/newroot/etc/systemd/system
+  $B mkdir -p $U
+  echo "$pyoci_job" > /newroot/etc/pyoci-job-path
+  $B cat > /newroot/etc/pyoci-job-wrapper.sh <<'END'
+exec >/dev/console 2>&1
+echo "PYOCI-GUEST-BOOTED=$(/bin/busybox cut -d' ' -f1 /proc/uptime)"
+/bin/sh "$(cat /etc/pyoci-job-path)"
+echo "PYOCI-GUEST-EXIT=$?"
+/bin/busybox poweroff -f
+END
+  $B cat > $U/pyoci.target <<'END'
+[Unit]
+Description=pyoci guest
+Wants=pyoci-job.service
+END
+  $B cat > $U/pyoci-job.service <<'END'
+[Unit]
+Description=pyoci guest job
+DefaultDependencies=no
+Wants=dbus.socket dbus.service
+After=dbus.socket dbus.service
+[Service]
+Type=oneshot
+StandardInput=null
+StandardOutput=null
+ExecStart=/bin/sh /etc/pyoci-job-wrapper.sh
+END
+  # Debian's D-Bus units without their default dependencies (sysinit.target: udev, journald, ... slow in TCG)
+  for u in dbus.socket dbus.service; do
+    $B sed -e '/^\[Unit\]/a DefaultDependencies=no' /newroot/lib/systemd/system/$u > $U/$u
+  done
+  # generators (fstab, sysv, getty, gpt-auto, ...) make units this guest never starts, at TCG speed
+  $B rm -f /newroot/lib/systemd/system-generators/* /newroot/usr/lib/systemd/system-generators/*
+  $B rm -f /newroot/.dockerenv  # or systemd takes the guest for a container and ignores the kernel command line
+  exec $B switch_root /newroot /lib/systemd/systemd --unit=pyoci.target --show-status=0
+fi
 $B mount -t tmpfs -o mode=755 tmpfs /newroot/run
 $B mount -t cgroup2 -o nsdelegate cgroup2 /newroot/sys/fs/cgroup
 for c in $($B cat /newroot/sys/fs/cgroup/cgroup.controllers); do
@@ -117,8 +157,9 @@ def initramfs(modules: list[Path]) -> Path:
     return path
 
 
-def run(command: list[str], timeout: float = 900.0, memory: str = "2G") -> tuple[int, str]:
-    """Run ``command`` in a fresh guest; returns (its exit status, the console output)."""
+def run(command: list[str], timeout: float = 900.0, memory: str = "2G", systemd: bool = False) -> tuple[int, str]:
+    """Run ``command`` in a fresh guest; returns (its exit status, the console output). ``systemd``: the guest
+    boots systemd as PID 1 (D-Bus started, nothing else) and runs the command as a service."""
     image, modules = kernel()
     initrd = initramfs(modules)
     work = Path(tempfile.mkdtemp(prefix="pyoci-vm-", dir="/tmp"))
@@ -161,7 +202,7 @@ def run(command: list[str], timeout: float = 900.0, memory: str = "2G") -> tuple
                 "-initrd",
                 str(initrd),
                 "-append",
-                f"{KERNEL_ARGS} pyoci_job={job}",
+                f"{KERNEL_ARGS} {SYSTEMD_ARGS if systemd else ''} pyoci_job={job}",
                 "-object",
                 f"memory-backend-memfd,id=mem,size={memory},share=on",
                 "-numa",
@@ -217,13 +258,21 @@ def _guest_env() -> dict[str, str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--timeout", type=float, default=900.0)
+    parser.add_argument("--systemd", action="store_true", help="boot systemd as PID 1 and run COMMAND as a service")
     parser.add_argument("command", nargs=argparse.REMAINDER)
     args = parser.parse_args()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    started = time.monotonic()
     status, output = run(
-        command or ["sh", "-c", "cat /proc/self/cgroup; cat /sys/fs/cgroup/cgroup.controllers"], timeout=args.timeout
+        command or ["sh", "-c", "cat /proc/self/cgroup; cat /sys/fs/cgroup/cgroup.controllers"],
+        timeout=args.timeout,
+        systemd=args.systemd,
     )
     sys.stdout.write(job_output(output))
+    booted = [line.split("=", 1)[1] for line in output.splitlines() if line.startswith(BOOTED_MARK)]
+    if booted:
+        sys.stderr.write(f"guest: systemd booted to the job in {booted[-1]} s of guest uptime\n")
+    sys.stderr.write(f"guest: {time.monotonic() - started:.1f} s wall\n")
     if status == 255:
         sys.stdout.write(output[-4000:])  # no exit status: show what the console said (a panic, a timeout)
     return status
@@ -234,7 +283,8 @@ def job_output(console: str) -> str:
     and the exit-status line (so the command's last line, e.g. pytest's summary, is the last line)."""
     text = console.rsplit("\x1b[2J", 1)[-1]
     lines = [line for line in text.splitlines() if not re.match(r"^\[\s*\d+\.\d+\]", line)]
-    return "\n".join(line for line in lines if not line.startswith(EXIT_MARK)).strip("\n") + "\n"
+    lines = [line for line in lines if not line.startswith((EXIT_MARK, BOOTED_MARK))]
+    return "\n".join(lines).strip("\n") + "\n"
 
 
 if __name__ == "__main__":
