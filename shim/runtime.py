@@ -20,7 +20,7 @@ import functools
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
@@ -29,6 +29,9 @@ from pyoci.runtime.spec import Process, Resources
 from pyoci.runtime.state import Store
 
 from . import mounts
+
+if TYPE_CHECKING:
+    from pyoci.runtime.checkpoint import CheckpointOptions, RestoreOptions
 
 T = TypeVar("T")
 Stdio = tuple[int, int, int] | None
@@ -59,12 +62,16 @@ class RuntimeContainer(Protocol):
     async def pids(self) -> list[int]: ...
     async def metrics(self) -> Message: ...
     async def delete(self) -> None: ...  # forced: kills what runs, removes the cgroup, state and rootfs mounts
+    async def checkpoint(self, options: CheckpointOptions) -> None: ...  # criu dump; the init dies unless told
 
 
 class Runtime(Protocol):
     async def create(
         self, container_id: str, bundle: str, rootfs: Sequence[Any], stdio: Stdio
     ) -> RuntimeContainer: ...  # ``rootfs``: containerd's mounts for <bundle>/rootfs (may be empty)
+    async def restore(
+        self, container_id: str, bundle: str, rootfs: Sequence[Any], stdio: Stdio, checkpoint: str
+    ) -> RuntimeContainer: ...  # as create, but its start restores the container from ``checkpoint`` (criu images)
 
     def close(self) -> None: ...
 
@@ -82,10 +89,23 @@ class PyociRuntime:
     async def create(self, container_id: str, bundle: str, rootfs: Sequence[Any], stdio: Stdio) -> PyociContainer:
         return await self.call(self._create, container_id, bundle, rootfs, stdio)
 
-    def _create(self, container_id: str, bundle: str, rootfs: Sequence[Any], stdio: Stdio) -> PyociContainer:
+    async def restore(
+        self, container_id: str, bundle: str, rootfs: Sequence[Any], stdio: Stdio, checkpoint: str
+    ) -> PyociContainer:
+        """As containerd's runc shim: nothing runs until Start, which has criu restore the container."""
+        return await self.call(self._create, container_id, bundle, rootfs, stdio, checkpoint)
+
+    def _create(
+        self, container_id: str, bundle: str, rootfs: Sequence[Any], stdio: Stdio, checkpoint: str = ""
+    ) -> PyociContainer:
         target = os.path.join(bundle, "rootfs") if rootfs else None
         if target is not None:
             mounts.mount_rootfs(rootfs, target)
+        if checkpoint:
+            from pyoci.runtime.checkpoint import RestoreOptions
+
+            restore = RestoreOptions(checkpoint, os.path.join(bundle, "criu-work"), create=CreateOptions(stdio=stdio))
+            return PyociContainer(self, None, target, (container_id, bundle, restore))
         try:
             container = Container.create(self.store, container_id, bundle, CreateOptions(stdio=stdio))
         except BaseException:
@@ -99,25 +119,44 @@ class PyociRuntime:
 
 
 class PyociContainer:
-    def __init__(self, runtime: PyociRuntime, container: Container, mounted_rootfs: str | None) -> None:
+    def __init__(
+        self,
+        runtime: PyociRuntime,
+        container: Container | None,
+        mounted_rootfs: str | None,
+        restore: tuple[str, str, RestoreOptions] | None = None,
+    ) -> None:
         self._runtime = runtime
-        self._container = container
+        self._container: Container = container  # type: ignore[assignment]  # None only until a restore starts
         self._mounted_rootfs = mounted_rootfs
+        self._restore = restore  # (id, bundle, options): start restores instead of releasing a created init
 
     @property
     def pid(self) -> int:
-        return self._container.state.pid
+        return self._container.state.pid if self._container is not None else 0
 
     @property
     def console(self) -> int | None:
-        return self._container.console
+        return self._container.console if self._container is not None else None
 
     @property
     def cgroup(self) -> Any:
         return self._container.cgroup
 
     async def start(self) -> None:
+        if self._restore is not None:
+            from pyoci.runtime.checkpoint import restore
+
+            cid, bundle, options = self._restore
+            self._container = await self._runtime.call(restore, self._runtime.store, cid, bundle, options)
+            self._restore = None
+            return
         await self._runtime.call(self._container.start)
+
+    async def checkpoint(self, options: CheckpointOptions) -> None:
+        from pyoci.runtime.checkpoint import checkpoint
+
+        await self._runtime.call(checkpoint, self._container, options)
 
     async def exec(self, process: Process, stdio: Stdio) -> tuple[int, int | None]:
         return await self._runtime.call(self._container.exec, process, stdio)
@@ -155,6 +194,7 @@ class PyociContainer:
         await self._runtime.call(self._delete)
 
     def _delete(self) -> None:
-        self._container.delete(force=True)
+        if self._container is not None:
+            self._container.delete(force=True)
         if self._mounted_rootfs is not None:
             mounts.unmount_rootfs(self._mounted_rootfs)

@@ -117,17 +117,18 @@ class TaskService:
         log.debug("create %s: bundle %s, %d rootfs mounts", cid, req.bundle, len(req.rootfs))
         if cid in self.tasks or cid in self._creating:
             raise AlreadyExists(f"container {cid}: already exists")
-        if req.checkpoint:
-            raise Unimplemented(f"create {cid}: restoring from a checkpoint is not supported")
+        if req.parent_checkpoint:
+            raise Unimplemented(f"create {cid}: restoring onto a parent checkpoint (pre-dump) is not supported")
         _check_options(req.options, cid)
         init = InitProcess(cid, "", req.stdin, req.stdout, req.stderr, req.terminal, bundle=req.bundle)
         self._creating.add(cid)
         try:
-            await init.create(self.runtime, req.rootfs, self.namespace)
+            await init.create(self.runtime, req.rootfs, self.namespace, req.checkpoint)
         finally:
             self._creating.discard(cid)
         self.tasks[cid] = init
-        self.reaper.watch(init.pid, lambda ended: self._exited(init, init, ended))
+        if init.pid:  # a restored init (req.checkpoint) has its pid at Start
+            self.reaper.watch(init.pid, lambda ended: self._exited(init, init, ended))
         self.publisher.publish(
             "/tasks/create",
             events.TaskCreate(
@@ -145,7 +146,10 @@ class TaskService:
     async def Start(self, req: task_pb2.StartRequest, ctx) -> task_pb2.StartResponse:
         async with self._locked(req.id) as init:
             if not req.exec_id:
+                restoring = not init.pid
                 await init.start()
+                if restoring:
+                    self.reaper.watch(init.pid, lambda ended: self._exited(init, init, ended))
                 self.oom.add(req.id, init.runtime.cgroup)
                 self.publisher.publish("/tasks/start", events.TaskStart(container_id=req.id, pid=init.pid))
                 return task_pb2.StartResponse(pid=init.pid)
@@ -264,8 +268,26 @@ class TaskService:
             self.publisher.publish("/tasks/resumed", events.TaskResumed(container_id=req.id))
         return EMPTY
 
+    @_runs_to_end
     async def Checkpoint(self, req: task_pb2.CheckpointTaskRequest, ctx) -> empty_pb2.Empty:
-        raise Unimplemented(f"checkpoint {req.id}: pyoci does not support checkpoints (no CRIU)")
+        from pyoci.runtime.checkpoint import CheckpointOptions
+
+        opts = runc_options_pb2.CheckpointOptions()
+        if req.options.type_url:
+            opts = typeurl.unpack(req.options, runc_options_pb2.CheckpointOptions)
+        options = CheckpointOptions(
+            image_path=opts.image_path or req.path,
+            work_path=opts.work_path,
+            leave_running=not opts.exit,
+            tcp_established=opts.open_tcp,
+            ext_unix_sk=opts.external_unix_sockets,
+            file_locks=opts.file_locks,
+            manage_cgroups_mode=opts.cgroups_mode or "soft",
+            empty_ns=tuple(opts.empty_namespaces),
+        )
+        async with self._locked(req.id) as init:
+            await init.checkpoint(options)
+        return EMPTY
 
     async def ResizePty(self, req: task_pb2.ResizePtyRequest, ctx) -> empty_pb2.Empty:
         proc = self._task(req.id).process(req.exec_id)

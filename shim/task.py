@@ -60,8 +60,8 @@ _STATUS_PB = {
 # "exit" is the process ending, whatever was going on.
 _NEXT: dict[Status, dict[str, Status]] = {
     CREATED: {"start": RUNNING, "exit": STOPPED, "delete": DELETED},
-    RUNNING: {"pause": PAUSED, "exec": RUNNING, "exit": STOPPED},
-    PAUSED: {"resume": RUNNING, "exit": STOPPED},
+    RUNNING: {"pause": PAUSED, "exec": RUNNING, "checkpoint": RUNNING, "exit": STOPPED},
+    PAUSED: {"resume": RUNNING, "checkpoint": PAUSED, "exit": STOPPED},
     STOPPED: {"delete": DELETED},
     DELETED: {},
 }
@@ -200,12 +200,16 @@ class InitProcess(ShimProcess):
 
     # ----------------------------------------------------------------------------------------- init
 
-    async def create(self, runtime: Runtime, rootfs: Sequence[Any], namespace: str) -> None:
-        """Open the stdio, have the runtime create the container (its init waits to be started)."""
+    async def create(self, runtime: Runtime, rootfs: Sequence[Any], namespace: str, checkpoint: str = "") -> None:
+        """Open the stdio, have the runtime create the container (its init waits to be started; with a
+        ``checkpoint``, start restores it)."""
         with status(f"create {self.container_id}"):
             io = await self.open_io(namespace, "CreateTaskRequest")
             try:
-                container = await runtime.create(self.container_id, self.bundle, rootfs, io.child_fds)
+                if checkpoint:
+                    container = await runtime.restore(self.container_id, self.bundle, rootfs, io.child_fds, checkpoint)
+                else:
+                    container = await runtime.create(self.container_id, self.bundle, rootfs, io.child_fds)
                 if self.terminal and container.console is None:
                     await container.delete()
                     raise ConfigError("terminal", "the task asks for a terminal but process.terminal is false")
@@ -220,7 +224,13 @@ class InitProcess(ShimProcess):
         self.lifecycle.require("start")
         with status(f"start {self.container_id}"):
             await self.runtime.start()
+        self.pid = self.runtime.pid  # a restored init has its pid only now
         self.lifecycle.advance("start")
+
+    async def checkpoint(self, options: Any) -> None:
+        self.lifecycle.require("checkpoint")
+        with status(f"checkpoint {self.container_id}"):
+            await self.runtime.checkpoint(options)
 
     async def pause(self) -> None:
         self.lifecycle.require("pause")
