@@ -130,15 +130,11 @@ def checkpoint(container: Container, opts: CheckpointOptions) -> Path:
     work = Path(os.path.abspath(opts.work_path)) if opts.work_path else image
     work.mkdir(mode=0o700, parents=True, exist_ok=True)
     pid = container.state.pid
-    descriptors = []
-    for fd in range(3):
-        try:
-            descriptors.append(os.readlink(f"/proc/{pid}/fd/{fd}"))
-        except OSError:
-            descriptors.append("/dev/null")
+    descriptors = _stdio_descriptors(pid)
     (image / DESCRIPTORS).write_text(json.dumps(descriptors))
     argv = [CRIU, "dump", "--tree", str(pid), "--root", os.path.realpath(container.state.rootfs)]
     _common(argv, image, work, opts)
+    argv += [arg for key in descriptors if key.startswith("file[") for arg in ("--external", key)]
     argv += ["--log-file", DUMP_LOG]
     for dest, _source in _bind_mounts(spec):
         argv += ["--ext-mount-map", f"{dest}:{dest}"]
@@ -155,6 +151,32 @@ def checkpoint(container: Container, opts: CheckpointOptions) -> Path:
     with container.store.lock(container.id):
         _run_criu("dump", argv, work / DUMP_LOG)
     return image
+
+
+def _stdio_descriptors(pid: int) -> list[str]:
+    """What the init's fds 0-2 are, as criu keys: a pipe as ``pipe:[inode]``; a file of a mount outside the
+    container (the runtime caller's /dev/null, a log file) as the external file ``file[mnt_id:inode]`` (hex,
+    criu's format), which criu cannot dump and restore reconnects to the caller's fd; anything else as its path."""
+    mounts = set()
+    with open(f"/proc/{pid}/mountinfo") as f:
+        for line in f:
+            mounts.add(int(line.split()[0]))
+    out = []
+    for fd in range(3):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                info = dict(line.split(":", 1) for line in f if ":" in line)
+            mnt_id = int(info.get("mnt_id", "-1").strip())
+            inode = os.stat(f"/proc/{pid}/fd/{fd}").st_ino
+        except (OSError, ValueError):
+            out.append("")
+            continue
+        if link.startswith("/") and mnt_id not in mounts:
+            out.append(f"file[{mnt_id:x}:{inode:x}]")
+        else:
+            out.append(link)
+    return out
 
 
 def restore(store: Store, container_id: str, bundle: str, opts: RestoreOptions) -> Container:
@@ -248,7 +270,7 @@ def _criu_restore(container: Container, spec: Spec, root: Path, image: Path, wor
     except (OSError, ValueError):
         descriptors = []
     for fd, what in enumerate(descriptors[:3]):
-        if isinstance(what, str) and what.startswith("pipe:"):
+        if isinstance(what, str) and what.startswith(("pipe:", "file[")):
             argv += ["--inherit-fd", f"fd[{fd}]:{what}"]
     try:
         log.debug("running %s", " ".join(argv))
