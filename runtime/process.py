@@ -306,10 +306,7 @@ def _fork_a(
     try:
         parent_a.sock.settimeout(SETUP_TIMEOUT)
         parent_b.sock.settimeout(SETUP_TIMEOUT)
-        parent_a.expect(Sync)
-        _sync_a(plan, pid_a, add_to_cgroup, cgroup_fd is not None)
-        parent_a.send(Go())
-        pid_b = parent_a.expect(Pid).pid
+        pid_b = _parent_a(parent_a, plan, pid_a, add_to_cgroup, cgroup_fd is not None)
         _reap(pid_a)
         return parent_b, pid_b
     except BaseException:
@@ -330,22 +327,13 @@ def spawn_init(
     the prestart and createRuntime hooks and returns the state JSON for the in-container hooks;
     ``on_seccomp_fd(pid, fd)`` hands a seccomp notify fd to the agent (the fd is closed after it)."""
     channel, pid_b = _fork_container_process(plan, _init_b, add_to_cgroup)
-    console = None
     try:
-        channel.expect(Hooks)
-        state = run_runtime_hooks(pid_b)
-        channel.send(Go(state=state))
-        if plan.terminal:
-            console = channel.expect(Console).fd
-        _seccomp_fd(plan, channel, pid_b, on_seccomp_fd)
-        channel.expect(Ready)
+        console = _parent_init(channel, plan, pid_b, run_runtime_hooks, on_seccomp_fd)
         channel.sock.settimeout(None)
         return Spawned(pid_b, channel, console)
     except BaseException:
         _abort(0, pid_b)
         channel.close()
-        if console is not None:
-            os.close(console)
         raise
 
 
@@ -355,24 +343,69 @@ def spawn_exec(
     """Fork a process into a running container; returns its pid (and its pty master if it has a terminal)
     once execve succeeded."""
     channel, pid_b = _fork_container_process(plan, _exec_b, add_to_cgroup)
-    console = None
     try:
-        if plan.terminal:
-            console = channel.expect(Console).fd
-        _seccomp_fd(plan, channel, pid_b, on_seccomp_fd)
-        msg = channel.recv()  # EOF: execve closed the channel (close-on-exec) — success
+        return pid_b, _parent_exec(channel, plan, pid_b, on_seccomp_fd)
+    except BaseException:
+        _abort(0, pid_b)
+        raise
+    finally:
+        channel.close()
+
+
+# The parent's side of the sequence in the table above, one function per channel and process kind: each
+# takes the channel and callbacks only, so a test can play the child's side of a socketpair (no fork).
+
+
+def _parent_a(
+    channel: Channel, plan: Plan, pid_a: int, add_to_cgroup: Callable[..., None], cloned_into_cgroup: bool
+) -> int:
+    """A's channel: Sync, (id maps and cgroup), Go, then B's pid."""
+    channel.expect(Sync)
+    _sync_a(plan, pid_a, add_to_cgroup, cloned_into_cgroup)
+    channel.send(Go())
+    return channel.expect(Pid).pid
+
+
+def _parent_init(
+    channel: Channel,
+    plan: Plan,
+    pid: int,
+    run_runtime_hooks: Callable[[int], dict],
+    on_seccomp_fd: Callable[[int, int], None] | None,
+) -> int | None:
+    """An init's channel B: Hooks, (hooks run) Go(state), Console if a terminal, SeccompFd if notify, Ready.
+    Returns the pty master (the caller owns it), closed here if a later step fails."""
+    channel.expect(Hooks)
+    channel.send(Go(state=run_runtime_hooks(pid)))
+    console = channel.expect(Console).fd if plan.terminal else None
+    try:
+        _seccomp_fd(plan, channel, pid, on_seccomp_fd)
+        channel.expect(Ready)
+    except BaseException:
+        if console is not None:
+            os.close(console)
+        raise
+    return console
+
+
+def _parent_exec(
+    channel: Channel, plan: Plan, pid: int, on_seccomp_fd: Callable[[int, int], None] | None
+) -> int | None:
+    """An exec's channel B: Console if a terminal, SeccompFd if notify, then EOF (execve closed the
+    close-on-exec channel: success)."""
+    console = channel.expect(Console).fd if plan.terminal else None
+    try:
+        _seccomp_fd(plan, channel, pid, on_seccomp_fd)
+        msg = channel.recv()
         if isinstance(msg, Error):
             raise msg.exception()
         if msg is not None:
             raise SetupError("container setup", errno.EPROTO, f"expected EOF after exec, got {msg!r}")
-        return pid_b, console
     except BaseException:
-        _abort(0, pid_b)
         if console is not None:
             os.close(console)
         raise
-    finally:
-        channel.close()
+    return console
 
 
 def _seccomp_fd(plan: Plan, channel: Channel, pid: int, on_seccomp_fd: Callable[[int, int], None] | None) -> None:
