@@ -366,7 +366,8 @@ def mount_entry(
         for flag in opts.propagation:
             _on_mounted(root, m.destination, lambda path, flag=flag: k.mount(None, path, None, flag))
     except OSError as exc:
-        raise SetupError(step, exc.errno or errno.EIO, f"source {m.source!r}") from None
+        data = f", filesystem options {opts.data!r}" if opts.data else ""  # unknown options go to the kernel
+        raise SetupError(step, exc.errno or errno.EIO, f"source {m.source!r}{data}") from None
     finally:
         if fd >= 0:
             os.close(fd)
