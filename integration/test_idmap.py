@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from integration.harness.bundle import make_bundle
-from pyoci.runtime import idmap, spec
+from pyoci.runtime import idmap, procfs, spec
 
 PYOCI = "io.containerd.pyoci.v2"
 USERNS_MAP = [{"containerID": 0, "hostID": 100000, "size": 65536}]
@@ -201,8 +201,7 @@ def test_mounts_made_in_the_container_do_not_propagate_to_the_host(bundle, host_
         bundle.config["mounts"].append(_mount(host_dir, ["bind", "idmap"], _one(1000, 0)))
         result = run(bundle, "mount -t tmpfs inner /data/sub && grep -c ' /data/sub ' /proc/self/mountinfo")
         assert (result.returncode, result.stdout) == (0, "1\n"), result.stderr
-        with open("/proc/self/mountinfo") as f:
-            assert not [ln for ln in f if f" {host_dir}/sub " in ln]
+        assert f"{host_dir}/sub" not in procfs.mount_points()
     finally:
         subprocess.run(["umount", "-R", str(host_dir)], check=True)
 
@@ -317,8 +316,7 @@ def test_through_containerd_a_refused_mount_fails_the_create_clearly(ctr, contai
 
 
 def _cgroup_roots() -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [ln.split()[4] for ln in f if ln.partition(" - ")[2].split()[0] in ("cgroup", "cgroup2")]
+    return [m.mount_point for m in procfs.mounts() if m.fs_type in ("cgroup", "cgroup2")]
 
 
 def test_features_report_idmap():

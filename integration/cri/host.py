@@ -6,6 +6,8 @@ import contextlib
 import os
 from pathlib import Path
 
+from pyoci.runtime import procfs
+
 
 def ns_id(pid: int | str, kind: str) -> str:
     """``net:[4026531840]``-style identity of a process's namespace (``pid`` may be "self")."""
@@ -29,29 +31,18 @@ def ancestors(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
-def _mountinfo() -> list[list[str]]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split() for line in f]
+    return procfs.process_state(pid) not in ("", "Z")
 
 
 def cgroup_mounts() -> dict[str, Path]:
     """Hierarchy name ("memory", "cpu,cpuacct", "unified", ...) → mount point, for every cgroup mount."""
     found: dict[str, Path] = {}
-    for fields in _mountinfo():
-        sep = fields.index("-")
-        fstype, options = fields[sep + 1], fields[sep + 3]
-        if fstype == "cgroup2":
-            found.setdefault("unified", Path(fields[4]))
-        elif fstype == "cgroup":
-            names = [o for o in options.split(",") if o not in ("rw", "ro")]
-            found.setdefault(",".join(names), Path(fields[4]))
+    for m in procfs.mounts():
+        if m.fs_type == "cgroup2":
+            found.setdefault("unified", Path(m.mount_point))
+        elif m.fs_type == "cgroup":
+            names = [o for o in m.super_options.split(",") if o not in ("rw", "ro")]
+            found.setdefault(",".join(names), Path(m.mount_point))
     return found
 
 
@@ -87,7 +78,7 @@ def bridge_ports(bridge: str) -> list[str]:
 
 
 def nsfs_mounts_under(prefix: str) -> list[str]:
-    return [f[4] for f in _mountinfo() if f[f.index("-") + 1] == "nsfs" and f[4].startswith(prefix)]
+    return [m.mount_point for m in procfs.mounts() if m.fs_type == "nsfs" and m.mount_point.startswith(prefix)]
 
 
 def processes_in_cgroup(path: str) -> list[int]:

@@ -10,6 +10,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from pyoci.runtime import procfs
 from pyoci.runtime.features import default_spec
 
 from .containerd import mounts_under
@@ -61,13 +62,7 @@ class Bundle:
 
 
 def _cgroup_mounts() -> list[str]:
-    out = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] in ("cgroup", "cgroup2"):
-                out.append(left.split()[4])
-    return out
+    return [m.mount_point for m in procfs.mounts() if m.fs_type in ("cgroup", "cgroup2")]
 
 
 def make_bundle(base: Path, container_id: str, args: list[str]) -> Bundle:

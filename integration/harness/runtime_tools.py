@@ -35,6 +35,7 @@ from pathlib import Path
 
 from integration.harness.golang import go_env
 from integration.harness.versions import CACHE
+from pyoci.runtime import procfs
 
 GO = os.environ.get("PYOCI_GO", "/usr/local/go/bin/go")
 MODULE = "github.com/opencontainers/runtime-tools"
@@ -226,13 +227,7 @@ def _run(name: str, runtime: str, label: str, timeout: float, suite: Path, base:
 
 
 def _cgroup_mounts() -> list[str]:
-    mounts = []
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            left, _, right = line.partition(" - ")
-            if right.split()[0] in ("cgroup", "cgroup2"):
-                mounts.append(left.split()[4])
-    return mounts
+    return [m.mount_point for m in procfs.mounts() if m.fs_type in ("cgroup", "cgroup2")]
 
 
 def _created_ids(calls: Path) -> list[str]:
@@ -292,9 +287,7 @@ def cleanup(wrapper: Path, root: Path, calls: Path, base: Path) -> tuple[str, ..
                     continue
                 if rel not in TEST_CGROUPS[2:]:  # runc and pyoci both leave the relative path's parents
                     found.append(f"cgroup {path}" + (f" (killed {len(killed)} processes)" if killed else ""))
-    with open("/proc/self/mountinfo") as f:
-        points = [line.split()[4] for line in f]
-    for point in reversed(points):
+    for point in reversed(procfs.mount_points()):
         if point.startswith(str(base) + "/"):
             found.append(f"mount {point}")
             subprocess.run(["umount", "-l", point], capture_output=True)
