@@ -131,6 +131,9 @@ PROC_BIND_ALLOWED = frozenset(
 )
 
 
+_RACE_RETRIES = 8  # Root.target: attempts to make a destination a racing container keeps removing
+
+
 @dataclass(frozen=True, slots=True)
 class Root:
     """The rootfs being set up: its host path (host-controlled, from the bundle) and an O_PATH fd of it
@@ -198,11 +201,21 @@ class Root:
         return self.open(path, os.O_PATH | os.O_DIRECTORY)
 
     def target(self, path: str, as_file: bool) -> int:
-        """An O_PATH fd of a mount destination, made (file or directory) if missing."""
-        try:
-            return self.open(path)
-        except FileNotFoundError:
-            pass
+        """An O_PATH fd of a mount destination, made (file or directory) if missing. A destination swapped
+        away between being made and being opened (a container racing its own rootfs, shared with another)
+        is made again, a few times, before the error stands; every attempt resolves inside the rootfs."""
+        for _ in range(_RACE_RETRIES):
+            try:
+                return self.open(path)
+            except FileNotFoundError:
+                pass
+            try:
+                self._make(path, as_file)
+            except FileNotFoundError:
+                continue
+        return self.open(path)
+
+    def _make(self, path: str, as_file: bool) -> None:
         parent = self.mkdir_all(os.path.dirname(os.path.normpath("/" + path)))
         name = os.path.basename(os.path.normpath("/" + path))
         try:
@@ -218,7 +231,6 @@ class Root:
             pass
         finally:
             os.close(parent)
-        return self.open(path)
 
 
 def _readlink_at(name: str, dir_fd: int) -> str | None:
