@@ -11,16 +11,20 @@ it and leave nothing behind; those tests run there, the others skip with the rea
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 from google.protobuf import any_pb2
 
 from integration.harness.bundle import PYOCI as PYOCI_BIN
-from integration.harness.bundle import _cgroup_mounts
+from integration.harness.bundle import _cgroup_mounts, make_bundle
+from integration.harness.containerd import mounts_under
 from pyoci.protos import containerd_task_v2_pb2 as task_pb2
 from pyoci.runtime.cgroups import detect_layout
 from pyoci.runtime.cgroups.systemd import systemd_running
@@ -151,8 +155,24 @@ def test_ctr_run_with_systemd_cgroup_makes_a_scope(ctr, containerd, busybox_imag
     assert unit_gone(unit) and not cgroup.exists()
 
 
+@pytest.fixture
+def slow_bundle(request):
+    """The ``bundle`` fixture with room for TCG: every pyoci call may take minutes in the guest."""
+    base = tempfile.mkdtemp(prefix="pyoci-bundle-", dir="/tmp")
+    os.chmod(base, 0o755)
+    b = make_bundle(Path(base) / "bundle", request.node.name[:50], ["true"])
+    b.pyoci = functools.partial(b.pyoci, timeout=300)  # type: ignore[method-assign]
+    yield b
+    b.pyoci("delete", "--force", b.id)
+    leftovers = [f"state dir {b.root / b.id}"] if (b.root / b.id).exists() else []
+    leftovers += [f"mount {m}" for m in mounts_under(b.path)]
+    shutil.rmtree(base, ignore_errors=True)
+    assert not leftovers, f"left behind: {leftovers}"
+
+
 @needs_systemd
-def test_cli_systemd_cgroup_run_and_delete(bundle):
+def test_cli_systemd_cgroup_run_and_delete(slow_bundle):
+    bundle = slow_bundle
     bundle.config["linux"]["cgroupsPath"] = ""
     bundle.config["linux"]["resources"] = {"pids": {"limit": 30}, "memory": {"limit": 33554432}}
     bundle.config["process"]["args"] = ["sleep", "1000"]
@@ -198,3 +218,99 @@ def test_runc_shim_driving_pyoci_with_systemd_cgroup(ctr, busybox_image, contain
     assert show(unit, "ActiveState") == "active"
     ctr.remove(container_id)
     assert unit_gone(unit) and not (Path("/sys/fs/cgroup/system.slice") / unit).exists()
+
+
+# ------------------------------------------------------------- the CRI plugin with SystemdCgroup = true (guest)
+
+CRI_SLICE = "pyocicri.slice"
+
+
+@pytest.fixture(scope="module")
+def cri_systemd():
+    """A private containerd with the CRI plugin, both handlers given ``SystemdCgroup = true``, and the offline
+    pause and busybox images. Pods use the host network (the guest kernel has no bridge module loaded)."""
+    from integration.conftest import containerd_under_test
+    from integration.cri.config import RUNTIMES, claim_network, cri_config, write_cni_conf
+    from integration.cri.conftest import _wait_ready, containerd_version
+    from integration.cri.images import PAUSE_IMAGE, build_pause_image
+    from integration.harness.containerd import Containerd
+    from integration.harness.ctr import Ctr
+    from integration.harness.image import IMAGE_NAME, build_busybox_image
+
+    binary = containerd_under_test()
+    major = containerd_version(binary)[0]
+    base = Path(tempfile.mkdtemp(prefix="pyoci-cri-sd-", dir=os.environ.get("PYOCI_TMP", "/tmp")))
+    network = claim_network()
+    try:
+        write_cni_conf(base / "cni", network, base / "ipam")
+        version, extra = cri_config(major, base / "cni", PAUSE_IMAGE)
+        prefix = "plugins.'io.containerd.cri.v1.runtime'" if major >= 2 else 'plugins."io.containerd.grpc.v1.cri"'
+        extra += "".join(
+            f"[{prefix}.containerd.runtimes.{name}.options]\n  SystemdCgroup = true\n" for name in RUNTIMES
+        )
+        daemon = Containerd(base, binary=binary, cri_config=extra, config_version=version)
+        daemon.start(timeout=180)
+        try:
+            ctr = Ctr(daemon.address, "k8s.io", daemon.env())
+            ctr("images", "import", str(build_pause_image(base / "pause.tar")), timeout=300)
+            ctr("images", "import", str(build_busybox_image(base / "busybox.tar")), timeout=300)
+            asyncio.run(_wait_ready(daemon.address, [PAUSE_IMAGE, IMAGE_NAME], timeout=180))
+            yield daemon
+        finally:
+            daemon.stop()
+    finally:
+        network.release()
+
+
+async def _cri_pod_scenario(address: str, handler: str, log_dir: Path) -> None:
+    from integration.cri.client import CriClient
+    from integration.cri.pods import Pod
+    from pyoci.protos import cri_api_pb2 as cri
+
+    client = CriClient(address, timeout=300)
+    mib = 1024 * 1024
+    name = f"sd-{handler}"
+    config = cri.PodSandboxConfig(
+        metadata=cri.PodSandboxMetadata(name=name, uid=f"uid-{name}", namespace="pyoci-cri"),
+        log_directory=str(log_dir),
+        linux=cri.LinuxPodSandboxConfig(
+            cgroup_parent=CRI_SLICE,
+            security_context=cri.LinuxSandboxSecurityContext(namespace_options=cri.NamespaceOption(network=cri.NODE)),
+        ),
+    )
+    pod_id = (
+        await client.call("RunPodSandbox", cri.RunPodSandboxRequest(config=config, runtime_handler=handler))
+    ).pod_sandbox_id
+    pod = Pod(pod_id, name, config, client, CRI_SLICE)
+    sandbox_unit = f"cri-containerd-{pod_id}.scope"
+    try:
+        assert (show(sandbox_unit, "ActiveState"), show(sandbox_unit, "Slice")) == ("active", CRI_SLICE)
+        limits = cri.LinuxContainerResources(memory_limit_in_bytes=64 * mib, cpu_period=100000, cpu_quota=20000)
+        cid = await pod.start("c1", "sleep", "1000", resources=limits)
+        unit = f"cri-containerd-{cid}.scope"
+        pid = await pod.container_pid(cid)
+        assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::/{CRI_SLICE}/{unit}"
+        assert (show(unit, "MemoryMax"), show(unit, "CPUQuotaPerSecUSec")) == (str(64 * mib), "200ms")
+        cgroup = Path("/sys/fs/cgroup") / CRI_SLICE / unit
+        assert (cgroup / "cpu.max").read_text().strip() == "20000 100000"
+        update = cri.LinuxContainerResources(memory_limit_in_bytes=48 * mib, cpu_period=100000, cpu_quota=50000)
+        await client.call(
+            "UpdateContainerResources", cri.UpdateContainerResourcesRequest(container_id=cid, linux=update)
+        )
+        assert (show(unit, "MemoryMax"), show(unit, "CPUQuotaPerSecUSec")) == (str(48 * mib), "500ms")
+        assert (cgroup / "memory.max").read_text().strip() == str(48 * mib)
+        assert (cgroup / "cpu.max").read_text().strip() == "50000 100000"
+        assert "active (running)" in systemctl("status", unit)
+    finally:
+        await client.call("StopPodSandbox", cri.StopPodSandboxRequest(pod_sandbox_id=pod_id))
+        await client.call("RemovePodSandbox", cri.RemovePodSandboxRequest(pod_sandbox_id=pod_id))
+        client.close()
+    for gone in [sandbox_unit, *(f"cri-containerd-{c}.scope" for c in pod.containers)]:
+        assert unit_gone(gone), f"{gone} is left: {systemctl('status', gone, check=False)}"
+        assert not (Path("/sys/fs/cgroup") / CRI_SLICE / gone).exists()
+
+
+@needs_systemd
+@pytest.mark.parametrize("handler", ["pyoci", "runc"])
+def test_cri_pod_with_systemd_cgroup(cri_systemd, handler, tmp_path):
+    asyncio.run(_cri_pod_scenario(cri_systemd.address, handler, tmp_path))
