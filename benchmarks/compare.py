@@ -1,6 +1,7 @@
 """Side-by-side measurements: pyoci's shim against containerd's runc shim, on this machine, in one run.
 
-    python -m benchmarks.compare [--runs 20] [--json out.json] [--only run,cold,exec,binaries,parallel,memory]
+    python -m benchmarks.compare [--runs 20] [--quick] [--json out.json] [--png chart.png]
+                                 [--only run,cold,exec,binaries,parallel,memory] [--parallel 20,50,100]
 
 Paired runs alternate the two runtimes (so drift and noise hit both alike); we report medians, min-max and
 the pyoci/runc ratio. Measured:
@@ -9,8 +10,12 @@ the pyoci/runc ratio. Measured:
   exec     ``ctr task exec ... true`` into a running container
   binaries the shim binary's ``start`` (exec to address printed) and ``delete`` (after a shim that left
            nothing behind), which containerd runs and waits for around every container, pyoci and runc shim
-  parallel 20 parallel ``ctr run -d`` until all are RUNNING
-  memory   PSS of the shim per container: 10 containers with a shim each, and 10 grouped in one shim
+  parallel 20, 50 and 100 parallel ``ctr run -d`` until all are RUNNING, failures counted
+  memory   PSS and USS (private pages) of the shim per container, from /proc/PID/smaps_rollup: 10 containers
+           with a shim each, and 10 grouped in one shim (a pod); pyoci's template shown apart
+``--quick`` is 5 runs and 20 parallel starts (a smoke run: the ratios are noisier). ``--png`` draws the ratios
+(pyoci / runc shim, lower is better) with matplotlib, an optional extra (``pip install .[bench]``); without
+it the chart is skipped with a message and everything else still runs.
 A private containerd is started for the run and stopped at the end (nothing is timed against a
 system containerd). The shims run under the interpreter of the venv the benchmark runs from (the one in
 ``containerd-shim-pyoci-v2``'s first line): it is printed first, with whether it is a PGO/LTO build, since
@@ -216,27 +221,49 @@ def bench_cold(ctr: Ctr, containerd: Containerd, runs: int) -> dict:
 
 
 def bench_parallel(ctr: Ctr, count: int = 20) -> dict:
-    """``count`` parallel ``ctr run -d`` until all are RUNNING (one sample per runtime)."""
+    """``count`` parallel ``ctr run -d`` until all are RUNNING (one sample per runtime; a failed ``ctr run`` or
+    a task not RUNNING within 120 s counts as failed)."""
     result = {}
-    for runtime in (PYOCI, RUNC):
+    for runtime in (PYOCI, RUNC) if count % 2 == 0 else (RUNC, PYOCI):
         tag = runtime.split(".")[2]
         ids = [f"par-{tag}-{i}" for i in range(count)]
         t = time.perf_counter()
         runs = [ctr.popen("run", "-d", "--runtime", runtime, IMAGE_NAME, cid, "sleep", "1000") for cid in ids]
         failed = sum(1 for p in runs if p.wait() != 0)
-        while time.perf_counter() - t < 120 and sum(ctr.task_status(c) == "RUNNING" for c in ids) < count:
+        running = 0
+        while time.perf_counter() - t < 120:
+            running = sum(ctr.task_status(c) == "RUNNING" for c in ids)
+            if running >= count - failed:
+                break
             time.sleep(0.02)
         result[f"{tag}_s"] = round(time.perf_counter() - t, 2)
-        result[f"{tag}_failed"] = failed
+        result[f"{tag}_failed"] = max(failed, count - running)
         ctr.remove(*ids)
     return result
 
 
+def rollup_kb(pid: int) -> dict[str, int]:
+    """/proc/PID/smaps_rollup's counters in kB (Pss, Private_Clean, Private_Dirty, ...); {} if it is gone."""
+    try:
+        text = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return {}
+    out = {}
+    for line in text.splitlines()[1:]:
+        key, _, value = line.partition(":")
+        if value.strip().endswith("kB"):
+            out[key] = int(value.split()[0])
+    return out
+
+
 def pss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1])
-    return 0
+    return rollup_kb(pid).get("Pss", 0)
+
+
+def uss_kb(pid: int) -> int:
+    """Pages only this process maps (what ending it would free)."""
+    r = rollup_kb(pid)
+    return r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
 
 
 def bench_memory(ctr: Ctr, containerd: Containerd, count: int = 10) -> dict:
@@ -257,6 +284,7 @@ def bench_memory(ctr: Ctr, containerd: Containerd, count: int = 10) -> dict:
             name = f"{runtime.split('.')[2]}_{'grouped' if grouped else 'one_each'}"
             result[f"{name}_shims"] = len(shims)
             result[f"{name}_pss_kb_per_container"] = sum(pss_kb(pid) for pid in shims) // count
+            result[f"{name}_uss_kb_per_container"] = sum(uss_kb(pid) for pid in shims) // count
             if runtime == PYOCI:
                 # the template (fork server) is one per containerd, shared by every shim on the node: shown apart,
                 # and added in as if these were the node's only containers (the worst case)
@@ -270,7 +298,7 @@ def bench_memory(ctr: Ctr, containerd: Containerd, count: int = 10) -> dict:
 
 
 def table(results: dict) -> str:
-    """The timing results as a markdown table (medians, min-max, ratio), as README's performance table."""
+    """The results as a markdown table (medians, min-max, ratio), as README's performance table."""
     rows = [
         ("`ctr run --rm busybox true`, warm", "ctr_run_rm_true"),
         ("... cold (no template)", "ctr_run_rm_true_cold"),
@@ -285,21 +313,89 @@ def table(results: dict) -> str:
             lines.append(
                 f"| {label} | {r['pyoci_ms']} ms ({p[0]}-{p[1]}) | {r['runc_ms']} ms ({q[0]}-{q[1]}) | {r['ratio']} |"
             )
-    if "parallel_run_d_20" in results:
-        r = results["parallel_run_d_20"]
-        lines.append(
-            f"| 20 parallel `ctr run -d` until RUNNING (failed) | {r['pyoci_s']} s ({r['pyoci_failed']}) "
-            f"| {r['runc_s']} s ({r['runc_failed']}) | {round(r['pyoci_s'] / r['runc_s'], 2)} |"
-        )
+    for key, r in results.items():
+        if key.startswith("parallel_run_d_"):
+            n = key.rsplit("_", 1)[1]
+            lines.append(
+                f"| {n} parallel `ctr run -d` until RUNNING (failed) | {r['pyoci_s']} s ({r['pyoci_failed']}) "
+                f"| {r['runc_s']} s ({r['runc_failed']}) | {round(r['pyoci_s'] / r['runc_s'], 2)} |"
+            )
+    m = results.get("memory")
+    if m:
+        for label, kind in (("one shim each", "one_each"), ("10 in one shim (pod)", "grouped")):
+            p_pss, r_pss = m[f"pyoci_{kind}_pss_kb_per_container"], m[f"runc_{kind}_pss_kb_per_container"]
+            with_t = m[f"pyoci_{kind}_pss_kb_per_container_with_template"]
+            lines.append(
+                f"| shim PSS per container, {label} (+ template share) | {p_pss / 1024:.2f} MB "
+                f"({with_t / 1024:.2f} MB) | {r_pss / 1024:.2f} MB | {with_t / r_pss:.2f} |"
+            )
+            p_uss, r_uss = m[f"pyoci_{kind}_uss_kb_per_container"], m[f"runc_{kind}_uss_kb_per_container"]
+            lines.append(
+                f"| shim USS per container, {label} | {p_uss / 1024:.2f} MB | {r_uss / 1024:.2f} MB "
+                f"| {p_uss / r_uss:.2f} |"
+            )
     return "\n".join(lines)
+
+
+def ratios(results: dict) -> dict[str, float]:
+    """Every pyoci / runc-shim ratio of a run (lower is better), for the chart."""
+    out = {}
+    names = {
+        "ctr_run_rm_true": "run --rm warm",
+        "ctr_run_rm_true_cold": "run --rm cold",
+        "ctr_task_exec_true": "exec",
+        "shim_binary_start": "shim start",
+        "shim_binary_delete": "shim delete",
+    }
+    for key, label in names.items():
+        if key in results:
+            out[label] = results[key]["ratio"]
+    for key, r in results.items():
+        if key.startswith("parallel_run_d_"):
+            out[f"{key.rsplit('_', 1)[1]} parallel"] = round(r["pyoci_s"] / r["runc_s"], 2)
+    m = results.get("memory")
+    if m:
+        for label, kind in (("PSS one each", "one_each"), ("PSS pod of 10", "grouped")):
+            out[label] = round(
+                m[f"pyoci_{kind}_pss_kb_per_container_with_template"] / m[f"runc_{kind}_pss_kb_per_container"], 2
+            )
+    return out
+
+
+def chart(results: dict, path: str) -> str:
+    """Draw the ratios as one PNG bar chart; returns what happened (matplotlib is an optional extra)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return f"chart skipped: matplotlib is not installed (pip install '.[bench]'); {path} not written"
+    data = ratios(results)
+    fig, ax = plt.subplots(figsize=(9, 4.5))
+    bars = ax.bar(list(data), list(data.values()), color=["tab:green" if v <= 1 else "tab:red" for v in data.values()])
+    ax.bar_label(bars, fmt="%.2f")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_ylabel("pyoci / runc shim (lower is better)")
+    ax.set_title(f"pyoci vs containerd's runc shim, {results['date']}, {results['runs']} interleaved runs")
+    ax.tick_params(axis="x", rotation=30)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return f"chart written to {path}"
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--quick", action="store_true", help="5 runs, 20 parallel starts: a smoke run")
     parser.add_argument("--json", default="")
+    parser.add_argument("--png", default="")
     parser.add_argument("--only", default="run,cold,exec,binaries,parallel,memory")
+    parser.add_argument("--parallel", default="20,50,100", help="how many parallel starts, comma-separated")
     args = parser.parse_args()
+    if args.quick:
+        args.runs, args.parallel = min(args.runs, 5), "20"
     info = interpreter_info()
     print(describe_interpreter(info), flush=True)
     results: dict = {"date": time.strftime("%Y-%m-%d %H:%M"), "runs": args.runs, "interpreter": info}
@@ -319,9 +415,12 @@ def main() -> int:
             ),
             ("exec", "ctr_task_exec_true", "ctr task exec true", lambda: bench_exec(ctr, args.runs)),
             ("binaries", "shim_binary", "shim binary start/delete", lambda: bench_binaries(containerd, args.runs)),
-            ("parallel", "parallel_run_d_20", "20 parallel ctr run -d", lambda: bench_parallel(ctr)),
-            ("memory", "memory", "memory", lambda: bench_memory(ctr, containerd)),
         ]
+        for n in (int(x) for x in args.parallel.split(",") if x):
+            phases.append(
+                ("parallel", f"parallel_run_d_{n}", f"{n} parallel ctr run -d", lambda n=n: bench_parallel(ctr, n))
+            )
+        phases.append(("memory", "memory", "memory", lambda: bench_memory(ctr, containerd)))
         for name, key, label, fn in phases:
             if name not in only:
                 continue
@@ -338,6 +437,9 @@ def main() -> int:
     print(f"\n{results['date']}, {args.runs} interleaved runs; {describe_interpreter(info)}\n{table(results)}")
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))
+        print(f"JSON written to {args.json}")
+    if args.png:
+        print(chart(results, args.png))
     return 0
 
 
