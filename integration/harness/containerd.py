@@ -51,6 +51,8 @@ class Containerd:
     # opt-in (the CRI suite): the CRI plugin enabled, this TOML appended to the config, in this config version
     cri_config: str | None = None
     config_version: int = 2
+    # where containerd-shim-pyoci-v2 is looked up first (the installer test: a node root's usr/local/bin)
+    shim_dirs: tuple[str, ...] = ()
 
     @property
     def address(self) -> str:
@@ -75,7 +77,7 @@ class Containerd:
     def env(self) -> dict[str, str]:
         # the venv's bin (containerd-shim-pyoci-v2), then this containerd's own (its ctr and runc shim)
         bin_dirs = [
-            str(Path(sys.executable).parent),
+            *(self.shim_dirs or (str(Path(sys.executable).parent),)),
             str(Path(self.binary).parent),
             "/usr/local/sbin",
             "/usr/local/bin",
