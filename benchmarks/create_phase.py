@@ -10,6 +10,10 @@ against ``runc create`` as containerd's runc shim execs it. Each sample is one c
 order, so drift hits all alike; medians, min-max and ratios to runc. Run it in the pure cgroup v2 guest:
 
     python -m integration.vm.guest --timeout 1800 -- .venv/bin/python -m benchmarks.create_phase --runs 10
+
+``--spawn`` times only the step clone3 changes, with less noise: forking A, placing it (cgroup.procs) or
+not (clone3), and A forking B, through ``process._fork_container_process`` with a body that exits at once
+(no namespaces, no rootfs), clone3 and cgroup.procs interleaved.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import time
 from pathlib import Path
 
 from integration.harness.bundle import make_bundle
-from pyoci.runtime.cgroups import detect_layout
+from pyoci.runtime import process as proc
+from pyoci.runtime.cgroups import detect_layout, open_cgroup
 from pyoci.runtime.container import Container, CreateOptions
+from pyoci.runtime.spec import Process
 from pyoci.runtime.state import Store
 
 VARIANTS = ("pyoci clone3", "pyoci cgroup.procs", "runc create")
@@ -105,11 +111,68 @@ def measure(runs: int) -> dict:
     }
 
 
+def measure_spawn(runs: int) -> dict:
+    cgroup = open_cgroup(f"/pyoci-bench-spawn/{os.getpid()}", "unused")
+    cgroup.create()
+    samples: dict[str, list[float]] = {"clone3": [], "cgroup.procs": []}
+    try:
+        for i in range(runs):
+            for variant in ("clone3", "cgroup.procs") if i % 2 == 0 else ("cgroup.procs", "clone3"):
+                if variant == "clone3":
+                    os.environ.pop("PYOCI_NO_CLONE3", None)
+                else:
+                    os.environ["PYOCI_NO_CLONE3"] = "1"
+                plan = proc.Plan(process=Process(args=("true",)), into_cgroup=cgroup.clone_target() or "")
+                t = time.perf_counter()
+                channel, pid = proc._fork_container_process(plan, lambda plan, channel: None, cgroup.add)
+                samples[variant].append(time.perf_counter() - t)
+                channel.close()
+                while proc._alive(pid):  # B exits at once (reparented to init)
+                    time.sleep(0.001)
+    finally:
+        os.environ.pop("PYOCI_NO_CLONE3", None)
+        cgroup.destroy_all()
+        layout = detect_layout()
+        for mount in {*layout.v1_mounts.values(), layout.unified_mount} - {""}:
+            try:
+                os.rmdir(f"{mount}/pyoci-bench-spawn")
+            except FileNotFoundError:
+                pass
+    procs = statistics.median(samples["cgroup.procs"])
+    return {
+        "layout": detect_layout().mode,
+        "kernel": os.uname().release,
+        "runs": runs,
+        **{
+            v: {
+                "median_ms": round(statistics.median(s) * 1000, 2),
+                "min_max_ms": [round(min(s) * 1000, 2), round(max(s) * 1000, 2)],
+                "ratio_to_cgroup_procs": round(statistics.median(s) / procs, 2),
+            }
+            for v, s in samples.items()
+        },
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--json", default="")
+    parser.add_argument("--spawn", action="store_true", help="time only the fork of A and B (clone3 vs cgroup.procs)")
     args = parser.parse_args()
+    if args.spawn:
+        result = measure_spawn(args.runs)
+        print(f"spawn step, {result['runs']} interleaved runs, cgroup layout {result['layout']}, {result['kernel']}")
+        for v in ("clone3", "cgroup.procs"):
+            r = result[v]
+            print(
+                f"  {v}: median {r['median_ms']} ms, {r['min_max_ms'][0]}-{r['min_max_ms'][1]} ms, "
+                f"{r['ratio_to_cgroup_procs']} of cgroup.procs"
+            )
+        print("JSON " + json.dumps(result))
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2))
+        return 0
     result = measure(args.runs)
     print(f"create phase, {result['runs']} interleaved runs, cgroup layout {result['layout']}, {result['kernel']}")
     print("| variant | median | min-max | ratio to runc |\n|---|---|---|---|")
