@@ -1,12 +1,26 @@
-# An installer image for nodes: `docker run --rm -v /usr/local:/host/usr/local IMAGE` copies a
-# self-contained pyoci (a venv with the shim and the CLI) to the host's /usr/local/lib/pyoci and links
-# containerd-shim-pyoci-v2 and pyoci into /usr/local/bin, where containerd finds them.
-FROM debian:bookworm-slim AS build
-RUN apt-get update && apt-get install -y --no-install-recommends python3 python3-venv libseccomp2 \
-    && rm -rf /var/lib/apt/lists/*
-COPY . /src
-RUN python3 -m venv /usr/local/lib/pyoci && /usr/local/lib/pyoci/bin/pip install --no-cache-dir /src
+# The pyoci node installer (kata-deploy style). The image carries a self-contained interpreter tree
+# (Debian's python3.11, its stdlib, pyoci and protobuf, every shared library they need and the dynamic
+# loader: nothing of the node's Python or libraries is used) and deploy/install.sh, its entrypoint, which
+# installs the tree onto the node whose root is mounted at /host (see docs/kubernetes.md).
+#
+#   with a registry:   docker build -t pyoci-installer .
+#   offline (CI):      python -m integration.harness.installer build
+#                      (bases made with debootstrap, built with buildah, vfs storage, no daemon)
+ARG BUILD_BASE=docker.io/library/debian:bookworm
+ARG RUNTIME_BASE=docker.io/library/debian:bookworm-slim
 
-FROM debian:bookworm-slim
-COPY --from=build /usr/local/lib/pyoci /usr/local/lib/pyoci
-CMD ["sh", "-c", "mkdir -p /host/usr/local/lib /host/usr/local/bin && cp -a /usr/local/lib/pyoci /host/usr/local/lib/ && ln -sf /usr/local/lib/pyoci/bin/containerd-shim-pyoci-v2 /usr/local/lib/pyoci/bin/pyoci /host/usr/local/bin/"]
+# The interpreter and pyoci's dependencies: depends only on the base, pyproject.toml and build-tree.sh
+# (a cached layer; build-tree.sh apt-gets python3.11, pip and libseccomp2 if the base lacks them).
+FROM ${BUILD_BASE} AS interpreter
+COPY pyproject.toml deploy/build-tree.sh /src/
+RUN sh /src/build-tree.sh interpreter /src /opt/pyoci/tree
+
+# pyoci from this checkout, the launchers, tree/VERSION (<version>-<hash of the tree>), the installer.
+FROM interpreter AS tree
+COPY . /src
+RUN sh /src/deploy/build-tree.sh pyoci /src /opt/pyoci/tree && cp /src/deploy/install.sh /opt/pyoci/install.sh
+
+FROM ${RUNTIME_BASE}
+COPY --from=tree /opt/pyoci /opt/pyoci
+ENTRYPOINT ["/opt/pyoci/install.sh"]
+CMD ["daemonset"]
