@@ -22,9 +22,12 @@ from pathlib import Path
 import pytest
 from google.protobuf import any_pb2
 
+from integration.conftest import NAMESPACE, containerd_under_test
 from integration.harness.bundle import PYOCI as PYOCI_BIN
 from integration.harness.bundle import _cgroup_mounts, make_bundle
-from integration.harness.containerd import mounts_under
+from integration.harness.containerd import Containerd, mounts_under
+from integration.harness.ctr import Ctr
+from integration.harness.image import IMAGE_NAME, build_busybox_image
 from pyoci.protos import containerd_task_v2_pb2 as task_pb2
 from pyoci.runtime.cgroups import detect_layout
 from pyoci.runtime.cgroups.systemd import systemd_running
@@ -38,6 +41,26 @@ needs_systemd = pytest.mark.skipif(
 )
 without_systemd = pytest.mark.skipif(systemd_running(), reason="checks the error of a host without systemd as init")
 DRIVER_ERROR = "systemd cgroup driver: systemd is not running as init on this host"
+
+
+@pytest.fixture(scope="module")
+def containerd():
+    """This module's own harness containerd: the session one gives containerd 20 s to start, and a loaded TCG
+    guest has needed more."""
+    base = Path(tempfile.mkdtemp(prefix="pyoci-it-sd-", dir=os.environ.get("PYOCI_TMP", "/tmp")))
+    daemon = Containerd(base, binary=containerd_under_test())
+    daemon.start(timeout=180)
+    yield daemon
+    leftovers = daemon.stop()
+    if leftovers:
+        pytest.fail("the systemd driver tests left these behind:\n  " + "\n  ".join(leftovers))
+
+
+@pytest.fixture(scope="module")
+def busybox_image(containerd) -> str:
+    tar = build_busybox_image(containerd.base / "busybox.tar")
+    Ctr(containerd.address, NAMESPACE, containerd.env())("images", "import", str(tar), timeout=300)
+    return IMAGE_NAME
 
 
 def scope_dirs(unit: str) -> list[Path]:
