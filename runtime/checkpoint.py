@@ -336,11 +336,12 @@ def _kill(pid: int) -> None:
 
 
 def criu_check() -> str:
-    """'' when ``criu check`` passes on this kernel, else its last error line."""
+    """'' when ``criu check`` passes on this kernel, else its first error line (the cause; the later ones
+    are consequences)."""
     if shutil.which(CRIU) is None:
         return f"{CRIU} is not installed"
     result = subprocess.run([CRIU, "check"], capture_output=True, text=True, check=False)
     if result.returncode == 0:
         return ""
     lines = [line for line in (result.stdout + result.stderr).splitlines() if "Error" in line]
-    return lines[-1] if lines else (result.stdout + result.stderr).strip()[-300:]
+    return lines[0] if lines else (result.stdout + result.stderr).strip()[-300:]
