@@ -9,16 +9,16 @@
 ARG BUILD_BASE=docker.io/library/debian:bookworm
 ARG RUNTIME_BASE=docker.io/library/debian:bookworm-slim
 
-# The interpreter and pyoci's dependencies: depends only on the base, pyproject.toml and build-tree.sh
-# (a cached layer; build-tree.sh apt-gets python3.11, pip and libseccomp2 if the base lacks them).
+# The interpreter and pyoci's dependencies: depends only on the base, pyproject.toml and build-interpreter.sh
+# (a cached layer; it apt-gets python3.11, pip and libseccomp2 if the base lacks them).
 FROM ${BUILD_BASE} AS interpreter
-COPY pyproject.toml deploy/build-tree.sh /src/
-RUN sh /src/build-tree.sh interpreter /src /opt/pyoci/tree
+COPY pyproject.toml deploy/build-interpreter.sh /src/
+RUN sh /src/build-interpreter.sh /src /opt/pyoci/tree
 
 # pyoci from this checkout, the launchers, tree/VERSION (<version>-<hash of the tree>), the installer.
 FROM interpreter AS tree
 COPY . /src
-RUN sh /src/deploy/build-tree.sh pyoci /src /opt/pyoci/tree && cp /src/deploy/install.sh /opt/pyoci/install.sh
+RUN sh /src/deploy/build-pyoci.sh /src /opt/pyoci/tree && cp /src/deploy/install.sh /opt/pyoci/install.sh
 
 FROM ${RUNTIME_BASE}
 COPY --from=tree /opt/pyoci /opt/pyoci

@@ -106,6 +106,17 @@ def node():
     shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.fixture
+def skeleton():
+    """A bare node root (/opt, /usr/local/bin, /etc) for the tests that only look at what install writes."""
+    root = Path(tempfile.mkdtemp(prefix="pyoci-skeleton-", dir="/tmp"))
+    os.chmod(root, 0o755)
+    for sub in ("opt", "usr/local/bin", "etc"):
+        (root / sub).mkdir(parents=True)
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def listing(root: Path) -> dict[str, tuple]:
     """Every entry under ``root``: kind, mode, owner, and a symlink's target or a file's size and mtime."""
     out = {}
@@ -198,6 +209,8 @@ def test_install_run_upgrade_uninstall(images, node):
     assert 'plugins."io.containerd.grpc.v1.cri".containerd.runtimes.pyoci]' in dropin and "version = 2" in dropin
     assert not refers_to_node_python(node, v1), refers_to_node_python(node, v1)
     installed = identities(v1)
+    size = subprocess.run(["du", "-sh", str(v1)], capture_output=True, text=True).stdout.split()[0]
+    print(f"\ninstalled size of {first.version}: {size} ({len(installed)} files)")
     assert "already installed" in first.run(node, "install").stderr  # the same build again: a no-op
     assert identities(v1) == installed
 
@@ -273,14 +286,14 @@ def test_tree_needs_nothing_of_the_host(images):
 
 
 @pytest.mark.parametrize("version", ["1.7", "2.1"])
-def test_dropin_is_read_by_containerd(images, node, version):
+def test_dropin_is_read_by_containerd(images, skeleton, version):
     """containerd 1.7 and 2.1 load the drop-in through `imports` and get the pyoci runtime from it."""
     first, _ = images
     cv = "2.x" if version.startswith("2") else version
-    first.run(node, "install", CONTAINERD_VERSION=cv)
+    first.run(skeleton, "install", CONTAINERD_VERSION=cv)
     config_version = 3 if cv == "2.x" else 2
-    main = node / "containerd-main.toml"
-    main.write_text(f'version = {config_version}\nimports = ["{node}/etc/containerd/conf.d/*.toml"]\n')
+    main = skeleton / "containerd-main.toml"
+    main.write_text(f'version = {config_version}\nimports = ["{skeleton}/etc/containerd/conf.d/*.toml"]\n')
     dump = subprocess.run(
         [containerd_binary(version), "--config", str(main), "config", "dump"],
         capture_output=True,
@@ -296,29 +309,29 @@ def test_dropin_is_read_by_containerd(images, node, version):
     assert re.search(r"runtime_type = [\"']io\.containerd\.pyoci\.v2[\"']", runtime.group(1)), runtime.group(0)
     assert re.search(r"SystemdCgroup = true", dump.stdout)
     main.unlink()
-    first.run(node, "uninstall")
+    first.run(skeleton, "uninstall")
 
 
-def test_containerd_16_gets_a_snippet_and_a_patch(images, node):
+def test_containerd_16_gets_a_snippet_and_a_patch(images, skeleton):
     first, _ = images
-    config = node / "etc/containerd/config.toml"
+    config = skeleton / "etc/containerd/config.toml"
     config.parent.mkdir(parents=True)
     config.write_text('version = 2\n\n[plugins."io.containerd.grpc.v1.cri"]\n  sandbox_image = "pause"\n')
-    out = first.run(node, "install", CONTAINERD_VERSION="1.6")
-    assert not (node / "etc/containerd/conf.d").exists()
+    out = first.run(skeleton, "install", CONTAINERD_VERSION="1.6")
+    assert not (skeleton / "etc/containerd/conf.d").exists()
     assert '+[plugins."io.containerd.grpc.v1.cri".containerd.runtimes.pyoci]' in out.stdout, out.stdout
     patch = out.stdout[out.stdout.index("--- /etc/containerd/config.toml") : out.stdout.index("apiVersion:")]
-    subprocess.run(["patch", "-s", "-d", str(node), "-p1"], input=patch, text=True, check=True)
+    subprocess.run(["patch", "-s", "-d", str(skeleton), "-p1"], input=patch, text=True, check=True)
     assert 'runtime_type = "io.containerd.pyoci.v2"' in config.read_text()
-    first.run(node, "uninstall")
+    first.run(skeleton, "uninstall")
 
 
-def test_daemonset_mode_waits_for_sigterm_then_uninstalls(images, node):
+def test_daemonset_mode_waits_for_sigterm_then_uninstalls(images, skeleton):
     first, _ = images
-    before = listing(node)
+    before = listing(skeleton)
     env = {"CONTAINERD_VERSION": "1.7", "PYOCI_PRUNE": "always", "PYOCI_UNINSTALL_ON_EXIT": "1"}
     runner = subprocess.Popen(
-        [*first.argv(node, env), "--", INSTALLER, "daemonset"],
+        [*first.argv(skeleton, env), "--", INSTALLER, "daemonset"],
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -328,7 +341,7 @@ def test_daemonset_mode_waits_for_sigterm_then_uninstalls(images, node):
         for line in runner.stderr:
             if "waiting for SIGTERM" in line:
                 break
-        assert (node / "usr/local/bin/containerd-shim-pyoci-v2").is_symlink()
+        assert (skeleton / "usr/local/bin/containerd-shim-pyoci-v2").is_symlink()
         installer = [pid for pid in _pids_running(f"{INSTALLER} daemonset") if pid != runner.pid]
         assert installer, "the installer's sh process is not visible"
         for pid in installer:
@@ -338,7 +351,7 @@ def test_daemonset_mode_waits_for_sigterm_then_uninstalls(images, node):
         if runner.poll() is None:
             runner.kill()
             runner.wait()
-    assert listing(node) == before
+    assert listing(skeleton) == before
 
 
 def _pids_running(command: str) -> list[int]:

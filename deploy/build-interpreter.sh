@@ -1,10 +1,10 @@
 #!/bin/sh
-# Builds pyoci's self-contained interpreter tree inside the installer image's build stage (Debian bookworm).
+# The interpreter part of pyoci's self-contained tree, in the installer image's first build stage (bookworm):
 #
-#   build-tree.sh interpreter SRC TREE   Debian's python3.11 (ELF, stdlib, lib-dynload), pyoci's runtime
-#                                        dependencies from SRC/pyproject.toml, the shared libraries all of it
-#                                        needs and the dynamic loader (cached as its own image layer)
-#   build-tree.sh pyoci SRC TREE         pyoci itself from the checkout SRC, the launchers, TREE/VERSION
+#   build-interpreter.sh SRC TREE   Debian's python3.11 (ELF, stdlib, lib-dynload, bytecode), pyoci's runtime
+#                                   dependencies from SRC/pyproject.toml, the shared libraries all of it needs
+#                                   and the dynamic loader; depends on nothing else of the checkout, so it is
+#                                   a cached image layer (deploy/build-pyoci.sh adds pyoci)
 #
 # The tree runs through its own loader (lib/native/ld-linux-x86-64.so.2 --library-path lib/native), so it
 # uses nothing of the node's userland but /bin/sh and readlink (the launchers); any directory works:
@@ -16,9 +16,8 @@
 #   lib/native/                               the loader, libc and every shared library reached from the above
 set -eu
 
-stage=$1
-src=$2
-tree=$3
+src=$1
+tree=$2
 py=/usr/bin/python3.11
 site=$tree/lib/python3.11/site-packages
 native=$tree/lib/native
@@ -66,7 +65,7 @@ EOF
     # stdlib modules that are also scripts (`#! /usr/bin/env python3`) would run the node's Python if executed
     find "$tree/lib/python3.11" -type f -perm /111 -name '*.py' -exec chmod a-x {} +
     outside=$(find "$tree" -type l -lname '/*')
-    [ -z "$outside" ] || { echo "build-tree: symlinks out of the tree: $outside" >&2; exit 1; }
+    [ -z "$outside" ] || { echo "build-interpreter: symlinks out of the tree: $outside" >&2; exit 1; }
     mkdir -p "$site"
     deps=$("$py" -c 'import sys, tomllib; print("\n".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$src/pyproject.toml")
     echo "$deps" | xargs -d '\n' "$py" -m pip install -q --target "$site" --only-binary :all:
@@ -76,54 +75,16 @@ EOF
     # the loader and libc first, then what the interpreter, its extension modules and libseccomp need
     cp -L /lib64/ld-linux-x86-64.so.2 "$native/ld-linux-x86-64.so.2"
     libseccomp=$(ldconfig -p | awk '/libseccomp\.so\.2 .*x86-64/ { print $NF; exit }')
-    [ -n "$libseccomp" ] || { echo "build-tree: libseccomp.so.2 not found (apt-get install libseccomp2)" >&2; exit 1; }
+    [ -n "$libseccomp" ] || { echo "build-interpreter: libseccomp.so.2 not found (apt-get install libseccomp2)" >&2; exit 1; }
     cp -L "$libseccomp" "$native/libseccomp.so.2"
     # libgcc_s: glibc dlopens it for pthread_exit/pthread_cancel (thread unwinding)
     libgcc=$(ldconfig -p | awk '/libgcc_s\.so\.1 .*x86-64/ { print $NF; exit }')
     [ -z "$libgcc" ] || cp -L "$libgcc" "$native/libgcc_s.so.1"
+    # bytecode for the stdlib and the dependencies, hash-based and unchecked: a versioned tree never changes
+    # after install, so no source is stat'ed at import
+    "$py" -m compileall -q -f -j 0 --invalidation-mode unchecked-hash "$tree/lib/python3.11" >/dev/null
     bundle_libraries "$tree/libexec/python3.11" "$native/libseccomp.so.2" "$native/libgcc_s.so.1" \
         $(find "$tree/lib/python3.11" -name '*.so')
 }
 
-launcher() { # name, the lean entry script it runs (empty: the bare interpreter)
-    args=""
-    [ -z "$2" ] || args="-I -S \"\$t/libexec/$2\" "
-    cat > "$tree/bin/$1" <<EOF
-#!/bin/sh
-# $1: pyoci's bundled Python (never the node's), found next to this script's resolved location.
-self=\$(readlink -f "\$0") || exit 127
-t=\${self%/bin/*}
-# the C locale: the bundled glibc then reads no locale or gconv files of the node (Python runs in UTF-8 mode)
-export LC_ALL=C
-exec "\$t/lib/native/ld-linux-x86-64.so.2" --library-path "\$t/lib/native" --argv0 "\$t/bin/python3.11" \\
-    "\$t/libexec/python3.11" $args"\$@"
-EOF
-    chmod 0755 "$tree/bin/$1"
-}
-
-pyoci() {
-    rm -rf "$site/pyoci" "$site"/pyoci-*.dist-info "$tree/libexec/containerd-shim-pyoci-v2" "$tree/libexec/pyoci"
-    build=$(mktemp -d)
-    cp -a "$src/." "$build/"
-    PYTHONPATH=$buildtools "$py" -m pip install -q --no-deps --no-index --no-build-isolation --target "$site" "$build"
-    rm -rf "$build" "$site/bin"
-    for command in containerd-shim-pyoci-v2 pyoci; do
-        install -m 0644 "$src/bin/$command" "$tree/libexec/$command"
-        launcher "$command" "$command"
-    done
-    launcher python3.11 ""
-    # bytecode for everything, hash-based and unchecked: a versioned tree never changes after install
-    "$py" -m compileall -q -f -j 0 --invalidation-mode unchecked-hash "$tree/lib/python3.11" >/dev/null
-    version=$("$py" -c 'import sys; sys.path.insert(0, sys.argv[1]); from pyoci.runtime import __version__; print(__version__)' "$site")
-    digest=$(cd "$tree" && find . \( -type f -o -type l \) ! -name VERSION -print | LC_ALL=C sort | xargs -d '\n' sha256sum | sha256sum)
-    echo "$version-$(echo "$digest" | cut -c1-12)" > "$tree/VERSION"
-    # the tree must run on its own: no library resolved outside lib/native
-    if "$native/ld-linux-x86-64.so.2" --list --library-path "$native" "$tree/libexec/python3.11" | grep -v "$native" | grep -q '=> /'; then
-        echo "build-tree: the interpreter resolves a library outside $native" >&2
-        exit 1
-    fi
-    "$tree/bin/pyoci" --version
-    "$tree/bin/python3.11" -I -c 'import asyncio, ctypes, ssl, google.protobuf, pyoci.shim.main, pyoci.runtime.seccomp as s; s._lib()'
-}
-
-"$stage"
+interpreter
