@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 SUITE = "bookworm"
 BASES = {"minbase": (), "build": ("python3.11", "python3-pip", "libseccomp2", "ca-certificates")}
 IMAGE = "localhost/pyoci-installer"
+INTERPRETER = "localhost/pyoci-installer-interpreter:cache"  # the interpreter stage, tagged so prune keeps it
 
 
 def buildah(*args: str, check: bool = True, capture: bool = True, timeout: float = 1800) -> str:
@@ -135,7 +137,7 @@ def build_image(context: Path = REPO, tag: str = "latest") -> Build:
     for path in ("/etc/ssl/certs/ca-certificates.crt", "/etc/pip.conf"):
         if os.path.exists(path):
             mounts += ["--volume", f"{path}:{path}:ro"]
-    buildah(
+    output = buildah(
         "bud",
         "--layers",
         "--network=host",
@@ -151,7 +153,27 @@ def build_image(context: Path = REPO, tag: str = "latest") -> Build:
         str(context / "Dockerfile"),
         str(context),
     )
+    interpreter = re.search(r"FROM ([0-9a-f]{64}) AS tree", output)
+    if interpreter:
+        buildah("tag", interpreter.group(1), INTERPRETER)
+    prune(keep=buildah("images", "--quiet", "--no-trunc", keyed))
     return Build(image, time.monotonic() - started, reused=False)
+
+
+def prune(keep: str, spare: int = 3) -> None:
+    """Keep buildah's vfs storage bounded (each layer is a full copy of its rootfs, ~1.5 GB per build): once more
+    than ``spare`` installer images of other checkouts piled up, remove them (and working containers left on
+    them) and the layers only they used. The base images and the tagged interpreter stage stay, so the next
+    build still hits the cache. Removing is slow on vfs (~30 s per old build), hence done in batches."""
+    keep_id = keep.removeprefix("sha256:")
+    listed = buildah("images", "--no-trunc", "--format", "{{.ID}} {{.Name}} {{.Tag}}", check=False)
+    rows = [line.split() for line in listed.splitlines()]
+    old = {r[0] for r in rows if len(r) >= 3 and r[1] == IMAGE and r[0].removeprefix("sha256:") != keep_id}
+    if len(old) <= spare:
+        return
+    for image_id in sorted(old):
+        buildah("rmi", "--force", image_id, check=False)
+    buildah("rmi", "--prune", check=False)
 
 
 def main(argv: list[str]) -> int:
