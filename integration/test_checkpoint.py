@@ -189,25 +189,22 @@ def test_checkpoint_then_restore_continues_the_counter(bundle, running_counter):
     assert pyoci(bundle, "delete", bundle.id).returncode == 0
 
 
-def test_leave_running_keeps_counting(bundle, running_counter):
+def test_leave_running_keeps_counting_and_a_criu_failure_names_its_log(bundle, running_counter):
     data, images = running_counter, bundle.path.parent / "images"
     result = pyoci(bundle, "checkpoint", "--leave-running", "--image-path", str(images), bundle.id)
     assert result.returncode == 0, result.stderr
     assert state(bundle)["status"] == "running"
     wait_counter_above(data, counter(data))
     assert (images / "inventory.img").exists() and (images / "dump.log").exists()
-
-
-def test_criu_failure_names_the_log(bundle, running_counter):
-    images = bundle.path.parent / "images"
-    # a bind mount criu is not told about: the bundle's config no longer names /data, so criu meets an
-    # external mount it cannot dump
+    # a bind mount criu is not told about (the stored config no longer names /data): criu meets an external
+    # mount it cannot dump, and the error names its log and quotes criu's errors
     config = json.loads((bundle.root / bundle.id / "config.json").read_text())
     config["mounts"] = [m for m in config["mounts"] if m["destination"] != "/data"]
     (bundle.root / bundle.id / "config.json").write_text(json.dumps(config))
-    result = pyoci(bundle, "checkpoint", "--image-path", str(images), bundle.id)
+    failed = bundle.path.parent / "failed"
+    result = pyoci(bundle, "checkpoint", "--image-path", str(failed), bundle.id)
     assert result.returncode == 1
-    assert f"log {images}/dump.log" in result.stderr and "Error" in result.stderr, result.stderr
+    assert f"log {failed}/dump.log" in result.stderr and "Error" in result.stderr, result.stderr
     assert state(bundle)["status"] == "running"  # a failed dump leaves it running
 
 
