@@ -79,6 +79,14 @@ def busybox_image(containerd) -> str:
     return IMAGE_NAME
 
 
+def remove_slowly(ctr: Ctr, cid: str) -> None:
+    """``ctr.remove`` with TCG's patience (each runtime call of containerd's runc shim starts Python)."""
+    ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False, timeout=300)
+    ctr.wait_task_status(cid, "STOPPED", timeout=300)
+    ctr("tasks", "delete", cid, timeout=300)
+    ctr("containers", "delete", cid, timeout=300)
+
+
 def scope_dirs(unit: str) -> list[Path]:
     """Every directory of ``unit`` under system.slice, in each cgroup hierarchy of this host."""
     return [Path(m) / "system.slice" / unit for m in _cgroup_mounts() if (Path(m) / "system.slice" / unit).exists()]
@@ -190,7 +198,7 @@ def test_ctr_run_with_systemd_cgroup_makes_a_scope(ctr, containerd, busybox_imag
     assert (cgroup / "pids.max").read_text().strip() == "20"
     assert (cgroup / "cpu.max").read_text().strip() == "20000 100000"
 
-    ctr.remove(container_id)
+    remove_slowly(ctr, container_id)
     assert unit_gone(unit) and not cgroup.exists()
 
 
@@ -255,7 +263,7 @@ def test_runc_shim_driving_pyoci_with_systemd_cgroup(ctr, busybox_image, contain
     pid = ctr.task_pid(container_id)
     assert Path(f"/proc/{pid}/cgroup").read_text().strip() == f"0::/system.slice/{unit}"
     assert show(unit, "ActiveState") == "active"
-    ctr.remove(container_id)
+    remove_slowly(ctr, container_id)
     assert unit_gone(unit) and not (Path("/sys/fs/cgroup/system.slice") / unit).exists()
 
 
