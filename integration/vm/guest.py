@@ -1,6 +1,12 @@
 """A pure cgroup v2 host for tests: a small QEMU guest (software emulation) that sees this machine's files.
 
-    python -m integration.vm.guest [--timeout S] -- COMMAND...    run COMMAND in the guest, exit with its status
+    python -m integration.vm.guest [--timeout S] [--systemd] -- COMMAND...   run COMMAND in the guest (its exit status)
+
+``--systemd`` boots systemd (the host's, 252) as PID 1 instead: /init writes units into the overlay root
+(``pyoci.target`` wanting D-Bus and ``pyoci-job.service``, Debian's dbus units without their sysinit.target
+dependencies), removes the generators and /.dockerenv (systemd would take the guest for a container and ignore
+the kernel command line), and switch_roots into /lib/systemd/systemd; the job runs as a service and powers off.
+Boot to the job: 18-36 s of guest uptime (TCG, loaded host), against 66 s with the generators.
 
 What it builds (once; cached under /var/cache/pyoci/vm, outside the repository):
   * Debian's cloud kernel, ``apt-get download``-ed and unpacked with ``dpkg-deb -x`` (nothing installed);
