@@ -253,7 +253,8 @@ def test_ctr_checkpoint_and_restore(ctr, busybox_image, container_id, tmp_path):
     data = Path(tmp_path) / "data"
     data.mkdir()
     mount = f"type=bind,src={data},dst=/data,options=rbind:rw"
-    ctr("run", "-d", "--runtime", PYOCI_SHIM, "--mount", mount, busybox_image, container_id, "sh", "-c", COUNTER)
+    run = ("run", "-d", "--runtime", PYOCI_SHIM, "--mount", mount, busybox_image, container_id, "sh", "-c", COUNTER)
+    ctr(*run, timeout=600)  # a shim start in a loaded TCG guest took more than ctr's default 60 s
     ctr.wait_task_status(container_id, "RUNNING", timeout=120)
     before = wait_counter_above(data, 5)
     ref = f"checkpoint/{container_id}:1"
