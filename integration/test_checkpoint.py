@@ -260,11 +260,20 @@ def test_ctr_checkpoint_and_restore(ctr, busybox_image, container_id, tmp_path):
     ref = f"checkpoint/{container_id}:1"
     ctr("containers", "checkpoint", "--task", container_id, ref, timeout=600)
     assert ctr.task_status(container_id) == "RUNNING"  # checkpointed, resumed, still counting
-    ctr.remove(container_id)
+    _remove(ctr, container_id)
     with ctr.background("containers", "restore", "--live", container_id, ref):
         ctr.wait_task_status(container_id, "RUNNING", timeout=600)
         assert first_count_after_reset(data) >= before  # counts on from the checkpoint, not from 0
         ctr("tasks", "kill", "-s", "SIGKILL", container_id, timeout=120)
         ctr.wait_task_status(container_id, "STOPPED", timeout=120)
-    ctr.remove(container_id)
-    ctr("images", "remove", ref, check=False)
+    _remove(ctr, container_id)
+    ctr("images", "remove", ref, check=False, timeout=300)
+
+
+def _remove(ctr, cid: str) -> None:
+    """ctr.remove with the slow guest's timeouts."""
+    ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False, timeout=300)
+    if ctr.task_status(cid):
+        ctr.wait_task_status(cid, "STOPPED", timeout=300)
+    ctr("tasks", "delete", cid, check=False, timeout=300)
+    ctr("containers", "delete", cid, check=False, timeout=300)
