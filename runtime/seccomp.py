@@ -12,7 +12,6 @@ listening on ``linux.seccomp.listenerPath`` (``send_to_listener``), as runc does
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import json
 import os
@@ -72,9 +71,8 @@ class _ArgCmp(ctypes.Structure):
 
 @cache
 def _lib() -> ctypes.CDLL:
-    name = ctypes.util.find_library("seccomp") or "libseccomp.so.2"
-    try:
-        lib = ctypes.CDLL(name, use_errno=True)
+    try:  # by its soname (libseccomp2's ABI): find_library would run `ldconfig -p` on every start
+        lib = ctypes.CDLL("libseccomp.so.2", use_errno=True)
     except OSError as exc:
         raise Unsupported(f"linux.seccomp: libseccomp is not available ({exc}); install libseccomp2") from None
     lib.seccomp_init.restype = ctypes.c_void_p
