@@ -350,7 +350,8 @@ async def test_precondition_and_lookup_codes(shim):
     await kill(shim, signal.SIGKILL)
     await wait(shim)
     await refused(kill(shim, signal.SIGTERM), Code.NOT_FOUND, "process already finished")
-    await refused(shim.Checkpoint(task_pb2.CheckpointTaskRequest(id=CID), None), Code.UNIMPLEMENTED)
+    checkpoint = shim.Checkpoint(task_pb2.CheckpointTaskRequest(id=CID), None)
+    await refused(checkpoint, Code.FAILED_PRECONDITION, "cannot checkpoint a stopped container")
     assert shim.sink.topics().count("/tasks/paused") == shim.sink.topics().count("/tasks/resumed") == 1
 
 
@@ -366,11 +367,16 @@ async def test_runtime_errors_name_the_operation(shim):
     assert (await state(shim)).status == types_pb2.CREATED  # a failed start changes nothing
 
 
-async def test_systemd_cgroup_and_checkpoint_are_refused_at_create(shim):
-    options = typeurl.pack(runc_options_pb2.Options(systemd_cgroup=True))
-    await refused(create(shim, options=options), Code.INVALID_ARGUMENT, "create c1: SystemdCgroup")
-    await refused(create(shim, checkpoint="/cp"), Code.UNIMPLEMENTED, "create c1: restoring from a checkpoint")
+async def test_a_pre_dump_parent_checkpoint_is_refused_at_create(shim):
+    await refused(create(shim, checkpoint="/cp", parent_checkpoint="/p"), Code.UNIMPLEMENTED, "pre-dump")
     assert shim.tasks == {} and shim.sink.events == []
+
+
+async def test_systemd_cgroup_is_accepted_at_create(shim):
+    """SystemdCgroup = true is accepted: the slice:prefix:name cgroupsPath selects the runtime's systemd driver."""
+    options = typeurl.pack(runc_options_pb2.Options(systemd_cgroup=True))
+    await create(shim, options=options)
+    assert shim.sink.topics() == ["/tasks/create"]
 
 
 # ----------------------------------------------------------------------------------- delete, wait, kill
