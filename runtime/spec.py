@@ -352,6 +352,7 @@ class _Reader:
         self.data: dict[str, Any] = data
 
     def at(self, key: str) -> str:
+        key = _shown_key(key)
         return f"{self.path}.{key}" if self.path else key
 
     def fail(self, key: str, reason: str) -> None:
@@ -426,7 +427,10 @@ def _text(value: str, path: str, source: str) -> None:
 
 
 def _shown_key(key: str) -> str:
-    return key.encode("utf-8", "backslashreplace").decode().replace("\x00", "\\0")[:40]
+    """A key as it appears in an error's path: as is when printable, else quoted (a message is one line)."""
+    shown = key.replace("\x00", "\\0")
+    shown = shown if shown.isprintable() else repr(shown)
+    return shown.encode("utf-8", "backslashreplace").decode()[:40]
 
 
 def _as_tuple(types: type | tuple[type, ...]) -> tuple[type, ...]:

@@ -412,6 +412,14 @@ def test_the_rich_config_parses():
     assert parse_spec(_rich_config()).linux.resources.block_io.weight == 100
 
 
+def test_a_key_with_a_newline_is_quoted_in_the_one_line_error():
+    """Found by the fuzz test in CI: {"linux": {"timeOffsets": {"\\n": null}}} split the message in two."""
+    c = config(linux__namespaces=[{"type": "time"}], linux__timeOffsets={"\n": None})
+    with pytest.raises(ConfigError) as err:
+        parse_spec(c)
+    assert "\n" not in str(err.value) and "linux.timeOffsets.'\\n'" in str(err.value)
+
+
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_a_mutated_config_raises_only_config_error(data):
