@@ -47,13 +47,14 @@ import struct
 import termios
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields
+from dataclasses import field, fields
 
 from . import kernel as k
 from . import rootfs, security
 from .errors import SetupError
 from .hooks import run_hooks
 from .procfs import process_state
+from .records import mutable_record, record
 from .spec import Process, Spec
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -61,7 +62,7 @@ SETUP_TIMEOUT = 60.0
 MAX_MESSAGE = 1 << 30  # one message (the state JSON may carry large annotations)
 
 
-@dataclass
+@mutable_record
 class Plan:
     """What the child needs, computed and validated by the parent."""
 
@@ -97,43 +98,43 @@ class Plan:
 # ---------------------------------------------------------------------------------------------- messages
 
 
-@dataclass(frozen=True)
+@record
 class Sync:
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Go:
     state: dict | None = None
 
 
-@dataclass(frozen=True)
+@record
 class Pid:
     pid: int
 
 
-@dataclass(frozen=True)
+@record
 class Hooks:
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Console:
     name: str
     fd: int = -1  # travels as SCM_RIGHTS, not in the JSON
 
 
-@dataclass(frozen=True)
+@record
 class SeccompFd:
     fd: int = -1  # travels as SCM_RIGHTS, not in the JSON
 
 
-@dataclass(frozen=True)
+@record
 class Ready:
     pass
 
 
-@dataclass(frozen=True)
+@record
 class Error:
     step: str
     errno: int
@@ -243,7 +244,7 @@ def _pair() -> tuple[Channel, Channel]:
 # ------------------------------------------------------------------------------------------------ parent
 
 
-@dataclass
+@mutable_record
 class Spawned:
     pid: int
     channel: Channel  # B's channel; init: open until start

@@ -17,12 +17,12 @@ from __future__ import annotations
 import errno
 import os
 import stat
-from dataclasses import dataclass
 
 from . import kernel as k
 from .errors import SetupError
 from .idmap import IDMAP_OPTIONS
 from .procfs import mount_points
+from .records import record
 from .spec import Device, Mount, Spec
 
 _FLAGS = {
@@ -91,7 +91,7 @@ DEV_SYMLINKS = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class MountOptions:
     flags: int
     propagation: tuple[int, ...]
@@ -134,7 +134,7 @@ PROC_BIND_ALLOWED = frozenset(
 _RACE_RETRIES = 8  # Root.target: attempts to make a destination a racing container keeps removing
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Root:
     """The rootfs being set up: its host path (host-controlled, from the bundle) and an O_PATH fd of it
     opened after it was bound onto itself, against which everything inside is resolved."""

@@ -9,16 +9,16 @@ from __future__ import annotations
 import errno
 import os
 import resource
-from dataclasses import dataclass
 
 from . import kernel as k
 from .errors import SetupError
+from .records import record
 from .spec import CAP_NUMBER, Capabilities, Process
 
 _RLIM_INFINITY = 2**64 - 1
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CapSets:
     bounding: int
     effective: int

@@ -14,11 +14,15 @@ import json
 import logging
 import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
 
 from .errors import ConfigError
+from .records import record
+
+TYPE_CHECKING = False  # typing costs ~3 ms to import; the annotations are strings
+if TYPE_CHECKING:
+    from typing import Any
 
 log = logging.getLogger("pyoci.runtime")
 
@@ -97,13 +101,13 @@ _U64 = 2**64 - 1
 # --------------------------------------------------------------------------------------------- model
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Root:
     path: str
     readonly: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Mount:
     destination: str
     type: str = ""
@@ -113,7 +117,7 @@ class Mount:
     gid_mappings: tuple[IDMapping, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class User:
     uid: int = 0
     gid: int = 0
@@ -121,7 +125,7 @@ class User:
     additional_gids: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Capabilities:
     bounding: tuple[str, ...] = ()
     effective: tuple[str, ...] = ()
@@ -130,14 +134,14 @@ class Capabilities:
     ambient: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Rlimit:
     type: str
     soft: int
     hard: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Process:
     args: tuple[str, ...]
     cwd: str = "/"
@@ -153,7 +157,7 @@ class Process:
     oom_score_adj: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hook:
     path: str
     args: tuple[str, ...] = ()
@@ -161,7 +165,7 @@ class Hook:
     timeout: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Hooks:
     prestart: tuple[Hook, ...] = ()
     create_runtime: tuple[Hook, ...] = ()
@@ -171,20 +175,20 @@ class Hooks:
     poststop: tuple[Hook, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Namespace:
     type: str
     path: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class IDMapping:
     container_id: int
     host_id: int
     size: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Device:
     type: str
     path: str
@@ -195,7 +199,7 @@ class Device:
     gid: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class DeviceRule:
     allow: bool
     type: str = "a"
@@ -204,7 +208,7 @@ class DeviceRule:
     access: str = "rwm"
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Memory:
     limit: int | None = None
     reservation: int | None = None
@@ -216,7 +220,7 @@ class Memory:
     use_hierarchy: bool | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class CPU:
     shares: int | None = None
     quota: int | None = None
@@ -229,7 +233,7 @@ class CPU:
     idle: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class WeightDevice:
     major: int
     minor: int
@@ -237,14 +241,14 @@ class WeightDevice:
     leaf_weight: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class ThrottleDevice:
     major: int
     minor: int
     rate: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class BlockIO:
     weight: int | None = None
     leaf_weight: int | None = None
@@ -255,13 +259,13 @@ class BlockIO:
     throttle_write_iops_device: tuple[ThrottleDevice, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class HugepageLimit:
     page_size: str
     limit: int
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Resources:
     devices: tuple[DeviceRule, ...] = ()
     memory: Memory | None = None
@@ -272,7 +276,7 @@ class Resources:
     unified: tuple[tuple[str, str], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SeccompArg:
     index: int
     value: int
@@ -280,7 +284,7 @@ class SeccompArg:
     value_two: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class SeccompRule:
     names: tuple[str, ...]
     action: str
@@ -288,7 +292,7 @@ class SeccompRule:
     args: tuple[SeccompArg, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Seccomp:
     default_action: str
     default_errno_ret: int | None = None
@@ -299,7 +303,7 @@ class Seccomp:
     listener_metadata: str = ""  # passed to the agent in the container process state
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Linux:
     namespaces: tuple[Namespace, ...] = ()
     uid_mappings: tuple[IDMapping, ...] = ()
@@ -319,7 +323,7 @@ class Linux:
         return next((ns for ns in self.namespaces if ns.type == kind), None)
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Spec:
     oci_version: str
     root: Root

@@ -6,8 +6,10 @@ the kernel writes as ``max`` is :data:`UNLIMITED`. Times are nanoseconds whichev
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import field
 from enum import Enum
+
+from ..records import mutable_record, record
 
 UNLIMITED = 2**64 - 1  # "max" in a cgroup file (what containerd's cgroups library reports for it)
 
@@ -18,7 +20,7 @@ class FreezerState(Enum):
     FROZEN = "FROZEN"
 
 
-@dataclass(frozen=True)
+@record
 class OOMSource:
     """Where the OOM-kill counter lives and how the kernel signals a change to it."""
 
@@ -26,7 +28,7 @@ class OOMSource:
     event_control: str | None = None  # v1: cgroup.event_control, to register an eventfd; v2: None (inotify)
 
 
-@dataclass
+@mutable_record
 class CpuUsage:
     total_ns: int | None = None
     user_ns: int | None = None
@@ -34,7 +36,7 @@ class CpuUsage:
     per_cpu_ns: list[int] = field(default_factory=list)
 
 
-@dataclass
+@mutable_record
 class Throttling:
     periods: int = 0
     throttled_periods: int = 0
@@ -43,14 +45,14 @@ class Throttling:
     burst_ns: int = 0
 
 
-@dataclass
+@mutable_record
 class CpuStats:
     usage: CpuUsage | None = None  # v1: cpuacct; v2: cpu.stat
     throttling: Throttling | None = None  # v1: the cpu controller's cpu.stat; v2: cpu.stat
     stat: dict[str, int] = field(default_factory=dict)  # cpu.stat as the kernel names it
 
 
-@dataclass
+@mutable_record
 class MemoryData:
     usage: int | None = None
     limit: int | None = None
@@ -58,7 +60,7 @@ class MemoryData:
     failcnt: int | None = None
 
 
-@dataclass
+@mutable_record
 class MemoryStats:
     usage: MemoryData | None = None
     swap: MemoryData | None = None  # v1: memory+swap (memsw); v2: swap alone
@@ -68,13 +70,13 @@ class MemoryStats:
     oom: dict[str, int] = field(default_factory=dict)  # memory.oom_control (v1) or memory.events (v2)
 
 
-@dataclass
+@mutable_record
 class PidsStats:
     current: int | None = None
     limit: int | None = None
 
 
-@dataclass
+@mutable_record
 class BlkioEntry:
     op: str
     major: int
@@ -82,7 +84,7 @@ class BlkioEntry:
     value: int
 
 
-@dataclass
+@mutable_record
 class IoUsage:
     device: tuple[int, int]  # major, minor
     rbytes: int
@@ -91,7 +93,7 @@ class IoUsage:
     wios: int
 
 
-@dataclass
+@mutable_record
 class BlkioStats:
     """v1: the blkio.throttle.*_recursive lines; v2: io.stat, one entry per device."""
 
@@ -100,7 +102,7 @@ class BlkioStats:
     devices: list[IoUsage] = field(default_factory=list)
 
 
-@dataclass
+@mutable_record
 class HugetlbStats:
     pagesize: str
     usage: int | None = None
@@ -109,7 +111,7 @@ class HugetlbStats:
     limit: int | None = None
 
 
-@dataclass
+@mutable_record
 class Stats:
     cpu: CpuStats | None = None
     memory: MemoryStats | None = None

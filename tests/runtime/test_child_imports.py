@@ -6,7 +6,7 @@ import ast
 from pathlib import Path
 
 RUNTIME = Path(__file__).resolve().parents[2] / "runtime"
-CHILD_PATH = ("process.py", "rootfs.py", "kernel.py", "security.py", "hooks.py", "procfs.py", "errors.py")
+CHILD_PATH = ("process.py", "rootfs.py", "kernel.py", "security.py", "hooks.py", "procfs.py", "errors.py", "records.py")
 PARENT_ONLY = {("security.py", "check_lsm")}  # runs before the fork
 
 
