@@ -108,10 +108,10 @@ def _take_over(record: str, path: str) -> None:
 def _preload() -> None:
     """Import everything a shim daemon needs, then freeze the heap so children share it."""
     from pyoci.runtime import cgroups, container, process  # noqa: F401
-    from pyoci.runtime.cgroups import v1, v2  # noqa: F401
+    from pyoci.runtime.cgroups import systemd, v1, v2  # noqa: F401 - open_cgroup imports systemd (and dbus)
     from pyoci.ttrpc.server import Server
 
-    from . import daemon, metrics, service  # noqa: F401
+    from . import daemon, metrics, service, start  # noqa: F401 - start: run_daemon, in every child
 
     # Warm what every shim builds first (message classes of the Task service, asyncio's loop machinery),
     # so that it is created once here and shared, rather than once per shim.
