@@ -11,14 +11,13 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 from ..spec import DeviceRule
 from .base import CgroupError
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_BPF_NR = 321 if platform.machine() == "x86_64" else 280
+_BPF_NR = 321 if os.uname().machine == "x86_64" else 280
 BPF_PROG_LOAD, BPF_PROG_ATTACH = 5, 8
 BPF_PROG_TYPE_CGROUP_DEVICE = 15
 BPF_CGROUP_DEVICE = 6
