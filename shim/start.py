@@ -145,6 +145,7 @@ def run_daemon(flags, bundle: str, listener) -> None:
             os.dup2(null, 2)
         os.close(null)
         os.chdir("/")
+        sys.modules.setdefault("ssl", None)  # asyncio runs without it (the shim has no TLS): 8 ms of a cold start
         import socket
 
         from .daemon import run

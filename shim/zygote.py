@@ -107,6 +107,7 @@ def _take_over(record: str, path: str) -> None:
 
 def _preload() -> None:
     """Import everything a shim daemon needs, then freeze the heap so children share it."""
+    sys.modules.setdefault("ssl", None)  # asyncio runs without it (the shim has no TLS): 8 ms of a cold start
     from pyoci.runtime import cgroups, container, process  # noqa: F401
     from pyoci.runtime.cgroups import systemd, v1, v2  # noqa: F401 - open_cgroup imports systemd (and dbus)
     from pyoci.ttrpc.server import Server
