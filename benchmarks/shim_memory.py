@@ -6,8 +6,9 @@ Starts a private containerd (the integration harness), runs one container with a
 pod of 10 containers grouped in one shim, and reads each shim's ``/proc/PID/smaps``: PSS, USS (private
 clean + dirty) and the private dirty pages split by mapping (anonymous mappings — CPython's allocator arenas —,
 the brk heap, libpython, other libraries, stack). The template's PSS is shown apart (one per containerd,
-shared by every shim). Run it twice with different settings in the environment to compare (e.g.
-``PYOCI_ZYGOTE_FILL=0``, which the template reads).
+shared by every shim). Run it twice with different settings in the environment to compare (the harness passes
+its environment on to containerd, the shims and the template). ``benchmarks.shim_pages`` goes one level down:
+which objects' words a shim changed on the pages it copied from the template.
 """
 
 from __future__ import annotations
