@@ -11,7 +11,6 @@ by destination, restored from their source); stdio pipes are reconnected with ``
 
 from __future__ import annotations
 
-import datetime
 import json
 import logging
 import os
@@ -23,8 +22,8 @@ from pathlib import Path
 from . import kernel as k
 from .container import PAUSED, RUNNING, Container, CreateOptions
 from .errors import ConfigError, InvalidState, PyociError, Unsupported
-from .spec import Spec, read_config, spec_from_bytes
-from .state import State, Store, process_start_time, validate_id
+from .spec import Spec
+from .state import Store, process_start_time, validate_id
 
 log = logging.getLogger("pyoci.runtime")
 
@@ -183,47 +182,25 @@ def restore(store: Store, container_id: str, bundle: str, opts: RestoreOptions) 
     """Recreate container ``container_id`` from ``bundle`` and the images in ``opts.image_path``; the restored
     tree runs as the container's init."""
     validate_id(container_id)
-    bundle = os.path.abspath(bundle)
     image = Path(os.path.abspath(opts.image_path))
     if not (image / "inventory.img").exists():
         raise ConfigError("image-path", f"{image} holds no criu checkpoint (no inventory.img)", source="pyoci")
-    raw = read_config(bundle)
-    spec = spec_from_bytes(raw)
-    if spec.process is None:
-        raise ConfigError("process", "required to restore a container")
-    _refuse_terminal(spec)
-    rootfs = spec.root.path if spec.root.path.startswith("/") else os.path.join(bundle, spec.root.path)
-    if not os.path.isdir(rootfs):
-        raise ConfigError("root.path", f"{rootfs} is not a directory")
     work = Path(os.path.abspath(opts.work_path)) if opts.work_path else image
     work.mkdir(mode=0o700, parents=True, exist_ok=True)
-    store.create(container_id)
-    container = Container(
-        store,
-        State(
-            id=container_id,
-            bundle=bundle,
-            rootfs=rootfs,
-            created=datetime.datetime.now(datetime.UTC).isoformat().replace("+00:00", "Z"),
-            annotations=dict(spec.annotations),
-            cgroups_path=spec.linux.cgroups_path,
-        ),
-    )
-    container._spec = spec
+    container = Container.new(store, container_id, bundle, opts.create, action="restore")
+    spec = container.spec
     root = store.dir(container_id) / "criu-root"
     pid = 0
     try:
+        _refuse_terminal(spec)
         cgroup = container.cgroup
-        container.state.cgroup_owned = not cgroup.exists()
-        store.save(container.state)
-        (store.dir(container_id) / "config.json").write_bytes(raw)
         cgroup.create()
         container.state.cgroup_paths = cgroup.paths()
         for warning in cgroup.apply(spec.linux.resources):
             log.warning("%s: %s", container_id, warning)
         root.mkdir()
         # criu pivots into --root, which must be a mount point of its own, private to the host
-        k.mount(rootfs, str(root), None, k.MS_BIND | k.MS_REC)
+        k.mount(container.state.rootfs, str(root), None, k.MS_BIND | k.MS_REC)
         try:
             k.mount(None, str(root), None, k.MS_PRIVATE | k.MS_REC)
             _ensure_mountpoints(spec, root)

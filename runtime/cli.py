@@ -577,7 +577,7 @@ def cmd_restore(args) -> int:
         ext_unix_sk=args.ext_unix_sk,
         file_locks=args.file_locks,
         manage_cgroups_mode=args.manage_cgroups_mode,
-        create=CreateOptions(pid_file=args.pid_file or None),
+        create=CreateOptions(pid_file=args.pid_file or None, systemd_cgroup=args.systemd_cgroup),
     )
     if not args.detach:
         kernel.prctl(kernel.PR_SET_CHILD_SUBREAPER, 1)

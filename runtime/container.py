@@ -109,12 +109,28 @@ class Container:
     @classmethod
     def create(cls, store: Store, container_id: str, bundle: str, options: CreateOptions | None = None) -> Container:
         options = options or CreateOptions()
+        container = cls.new(store, container_id, bundle, options)
+        spec = container.spec
+        try:
+            spec.log_warnings()
+            container._create(spec, options)
+        except BaseException:
+            container._undo_create()
+            raise
+        return container
+
+    @classmethod
+    def new(
+        cls, store: Store, container_id: str, bundle: str, options: CreateOptions, action: str = "create"
+    ) -> Container:
+        """A new container of ``bundle`` with nothing running yet (for create, and for a criu restore): the config
+        checked, the state dir, the state and a copy of config.json on disk, its cgroup not yet made."""
         validate_id(container_id)
         bundle = os.path.abspath(bundle)
         raw = read_config(bundle)
         spec = spec_from_bytes(raw)
         if spec.process is None:
-            raise ConfigError("process", "required to create a container")
+            raise ConfigError("process", f"required to {action} a container")
         security.check_lsm(spec.process)
         rootfs = spec.root.path if spec.root.path.startswith("/") else os.path.join(bundle, spec.root.path)
         if not os.path.isdir(rootfs):
@@ -152,8 +168,6 @@ class Container:
             container.state.cgroup_owned = not container.cgroup.exists()
             store.save(container.state)
             (store.dir(container_id) / "config.json").write_bytes(raw)
-            spec.log_warnings()
-            container._create(spec, options)
         except BaseException:
             container._undo_create()
             raise

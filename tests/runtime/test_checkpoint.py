@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from pyoci.runtime.cgroups import CgroupError
 from pyoci.runtime.checkpoint import (
     CheckpointOptions,
     CriuError,
@@ -15,7 +16,7 @@ from pyoci.runtime.checkpoint import (
     checkpoint,
     restore,
 )
-from pyoci.runtime.container import Container
+from pyoci.runtime.container import Container, CreateOptions
 from pyoci.runtime.errors import ConfigError, InvalidState, Unsupported
 from pyoci.runtime.features import default_spec
 from pyoci.runtime.spec import spec_from_bytes
@@ -77,6 +78,43 @@ def test_restore_of_a_terminal_config_is_refused(tmp_path):
     store = Store(tmp_path / "state")
     with pytest.raises(Unsupported, match="terminal"):
         restore(store, "c1", str(bundle), RestoreOptions(image_path=str(images)))
+    assert not store.exists("c1")
+
+
+def _restorable_bundle(tmp_path, config: dict):
+    bundle, images = tmp_path / "bundle", tmp_path / "images"
+    (bundle / "rootfs").mkdir(parents=True)
+    images.mkdir()
+    (images / "inventory.img").write_bytes(b"")
+    (bundle / "config.json").write_text(json.dumps(config))
+    return bundle, images
+
+
+def test_restore_checks_the_config_as_create_does(tmp_path):
+    """One constructor for both: restore refuses what create refuses, in create's words, and leaves nothing."""
+    config = _config(terminal=False)
+    del config["process"]
+    bundle, images = _restorable_bundle(tmp_path, config)
+    store = Store(tmp_path / "state")
+    with pytest.raises(ConfigError, match="process: required to restore a container"):
+        restore(store, "c1", str(bundle), RestoreOptions(image_path=str(images)))
+    with pytest.raises(ConfigError, match="process: required to create a container"):
+        Container.create(store, "c1", str(bundle))
+    assert not store.exists("c1")
+
+
+def test_restore_expands_a_systemd_cgroups_path_as_create_does(tmp_path):
+    """--systemd-cgroup: restore records cgroupsPath as "slice:prefix:name" as create does (it used to skip that)."""
+    config = _config(terminal=False)
+    config["linux"]["cgroupsPath"] = "/not/a/systemd/path"
+    bundle, images = _restorable_bundle(tmp_path, config)
+    store = Store(tmp_path / "state")
+    systemd = CreateOptions(systemd_cgroup=True)
+    with pytest.raises(CgroupError, match="slice:prefix:name") as created:
+        Container.create(store, "c1", str(bundle), systemd)
+    with pytest.raises(CgroupError, match="slice:prefix:name") as restored:
+        restore(store, "c1", str(bundle), RestoreOptions(image_path=str(images), create=systemd))
+    assert str(restored.value) == str(created.value)
     assert not store.exists("c1")
 
 
