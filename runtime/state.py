@@ -14,16 +14,17 @@ import os
 import re
 import shutil
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, field
 from pathlib import Path
 
 from .errors import AlreadyExists, ConfigError, NotFound
+from .records import mutable_record
 
 DEFAULT_ROOT = "/run/pyoci"
 _ID = re.compile(r"^[\w+\-.]+$")
 
 
-@dataclass
+@mutable_record
 class State:
     id: str
     bundle: str

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cache
 
 from ..procfs import mounts
+from ..records import record
 from .base import CgroupError
 
 
-@dataclass(frozen=True)
+@record
 class Layout:
     mode: str  # "unified" (v2 only), "legacy" (v1 only) or "hybrid" (v1 controllers + a cgroup2 mount)
     v1_mounts: dict[str, str] = field(default_factory=dict)  # subsystem (or name=X) → mount point
