@@ -16,10 +16,11 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Any, NamedTuple
 
 from .errors import PyociError
+from .records import mutable_record
 
 METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL = 1, 2, 3, 4
 NO_REPLY_EXPECTED = 0x1
@@ -256,7 +257,7 @@ def decode_body(signature: str, data: bytes, start: int = 0, little: bool = True
 # -------------------------------------------------------------------------------------------- messages
 
 
-@dataclass
+@mutable_record
 class Message:
     type: int
     serial: int = 0

@@ -7,7 +7,7 @@ slotted) and :func:`mutable_record` (a plain ``@dataclass``) make the same class
 here. They stay dataclasses (``dataclasses.fields``, ``replace``, ``asdict`` work) and behave as the generated
 methods do: same ``repr``, equality, hashing, ``FrozenInstanceError``, pickling; only the argument errors of
 ``__init__`` are worded differently. Fields take defaults and ``field(default_factory=...)``; other ``field()``
-options are refused.
+options, ``__post_init__`` and base classes are refused.
 """
 
 from __future__ import annotations
@@ -104,9 +104,13 @@ class _Mutable:
 
 
 def _make(cls: type, base: type, slots: bool) -> Any:
+    if cls.__bases__ != (object,):
+        raise TypeError(f"{cls.__qualname__}: a record cannot derive from another class")
     names = tuple(cls.__annotations__)
     if not cls.__dict__.get("__doc__"):
         cls.__doc__ = f"{cls.__name__}({', '.join(names)})"  # else dataclass() runs inspect.signature on it
+    if "__post_init__" in cls.__dict__:
+        raise TypeError(f"{cls.__qualname__}: a record has no __post_init__")
     body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
     made = dataclass(type(cls.__name__, (base,), body), init=False, repr=False, eq=False, slots=slots)
     spec = []

@@ -16,9 +16,9 @@ import logging
 import os
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pyoci.runtime.cgroups import Manager, OOMSource
+from pyoci.runtime.records import mutable_record
 
 log = logging.getLogger("pyoci.shim")
 
@@ -28,7 +28,7 @@ _EVENT = struct.Struct("iIII")
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
-@dataclass
+@mutable_record
 class _Watch:
     container_id: str
     cgroup: Manager

@@ -14,12 +14,12 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from pyoci.runtime import kernel
+from pyoci.runtime.records import record
 
 
-@dataclass(frozen=True, slots=True)
+@record
 class Exit:
     pid: int
     status: int  # exit code, or 128 + signal number

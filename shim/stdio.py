@@ -19,7 +19,9 @@ import signal
 import struct
 import termios
 import urllib.parse
-from dataclasses import dataclass, field
+from dataclasses import field
+
+from pyoci.runtime.records import mutable_record
 
 log = logging.getLogger("pyoci.shim")
 CHUNK = 65536
@@ -94,7 +96,7 @@ LOGGER_READY_TIMEOUT = 10.0
 LOGGER_STOP_TIMEOUT = 5.0
 
 
-@dataclass
+@mutable_record
 class Logger:
     """A ``binary://`` logging process: it reads the container's stdout/stderr on fds 3 and 4."""
 
@@ -172,7 +174,7 @@ def open_output(uri: str) -> int | None:
     return os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
 
 
-@dataclass
+@mutable_record
 class ProcessIO:
     """The shim's side of one process's stdio. ``child_fds`` go to the process, then are closed here."""
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import re
-from dataclasses import dataclass
 
 from .. import dbus
+from ..records import record
 from ..spec import Resources
 from . import stats as st
 from .base import CgroupError, Manager
@@ -34,7 +34,7 @@ DEFAULT_PREFIX = "pyoci"
 _SYSTEMD_PATH_RE = re.compile(r"^[^:/]*:[^:/]*:[^:/]+$")
 
 
-@dataclass(frozen=True)
+@record
 class Unit:
     name: str  # "prefix-name.scope", or "name.slice" when the container asked for a slice
     slice: str  # the parent slice unit

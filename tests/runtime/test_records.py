@@ -89,12 +89,27 @@ def test_wrong_arguments_are_type_errors(call, message):
         call()
 
 
-def test_other_field_options_are_refused():
+def test_what_records_do_not_do_is_refused():
     with pytest.raises(TypeError, match="only defaults and default_factory"):
 
         @record
         class _Bad:
             a: int = field(default=0, repr=False)
+
+    with pytest.raises(TypeError, match="cannot derive"):
+
+        @mutable_record
+        class _Derived(MutableDC):
+            b: int = 0
+
+    with pytest.raises(TypeError, match="no __post_init__"):
+
+        @record
+        class _Post:
+            a: int
+
+            def __post_init__(self) -> None:
+                pass
 
 
 def test_the_spec_model_uses_the_shared_methods():
