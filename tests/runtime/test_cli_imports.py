@@ -39,3 +39,14 @@ def test_the_container_commands_define_no_compiled_dataclass():
         "print(json.dumps(sorted(found)))"
     )
     assert set(compiled) == NOT_YET_RECORDS
+
+
+def test_state_imports_no_shutil(tmp_path):
+    """argparse's default formatter and ``Store`` imported shutil (with bz2, lzma, zlib) for every command."""
+    loaded = _run(
+        "import json, sys\n"
+        "from pyoci.runtime.cli import main\n"
+        f"assert main(['--root', {str(tmp_path)!r}, 'state', 'missing']) == 1\n"
+        "print(json.dumps(sorted(m for m in ('shutil', 'bz2', 'lzma') if m in sys.modules)))"
+    )
+    assert loaded == []
