@@ -216,7 +216,8 @@ class InitProcess(ShimProcess):
             except BaseException:
                 self.close_io()
                 raise
-        self.running_io(container.console)
+        if not checkpoint:  # a restore hands the stdio to criu at start: its child ends stay open until then
+            self.running_io(container.console)
         self.container = container
         self.pid = container.pid
 
@@ -224,7 +225,9 @@ class InitProcess(ShimProcess):
         self.lifecycle.require("start")
         with status(f"start {self.container_id}"):
             await self.runtime.start()
-        self.pid = self.runtime.pid  # a restored init has its pid only now
+        if not self.pid:  # restored: the restored init has its stdio and its pid only now
+            self.running_io(self.runtime.console)
+        self.pid = self.runtime.pid
         self.lifecycle.advance("start")
 
     async def checkpoint(self, options: Any) -> None:

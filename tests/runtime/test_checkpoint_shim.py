@@ -4,6 +4,7 @@ delivered, the state machine's refusals."""
 
 from __future__ import annotations
 
+import os
 import signal
 
 import pytest
@@ -35,9 +36,12 @@ class CheckpointingContainer(StubContainer):
         super().__init__(runtime, pid)
         self.checkpoints = []
         self.restored_pid = restored_pid
+        self.stdio: tuple[int, ...] = ()
+        self.stdio_at_start: list[bool] = []
 
     async def start(self):
         await super().start()
+        self.stdio_at_start = [_is_open(fd) for fd in self.stdio]  # what criu restore is handed
         if self.restored_pid:  # what PyociContainer does: the restored init's pid is known only now
             self.pid = self.restored_pid
             self.alive = {self.pid}
@@ -56,7 +60,16 @@ class CheckpointingRuntime(StubRuntime):
     async def restore(self, container_id, bundle, rootfs, stdio, checkpoint):
         self.restored_from = checkpoint
         container = self.containers[container_id] = CheckpointingContainer(self, 0, self.next_pid())
+        container.stdio = stdio
         return container
+
+
+def _is_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
 
 
 @pytest.fixture
@@ -109,6 +122,18 @@ async def test_create_with_checkpoint_restores_at_start(shim):
     ended = await wait(shim)
     assert ended.exit_status == 128 + signal.SIGKILL  # the restored init's exit reaches the task
     assert "/tasks/exit(c1)" in shim.sink.topics()
+
+
+async def test_restore_keeps_the_stdio_for_start(shim, tmp_path):
+    """criu restore runs at Start with the task's stdio: the child ends stay open until then (ctr's restore
+    failed with EBADF when Create had closed them), and are dropped once the restored init has them."""
+    out = tmp_path / "out"
+    await create(shim, checkpoint="/var/lib/cp", stdout=f"file://{out}", stderr=f"file://{out}")
+    container = shim.stub.containers[CID]
+    assert container.stdio and all(_is_open(fd) for fd in container.stdio)
+    await start(shim)
+    assert container.stdio_at_start == [True, True, True]
+    assert not any(_is_open(fd) for fd in container.stdio[1:])  # ours dropped: EOF follows the init's exit
 
 
 async def test_parent_checkpoint_is_refused(shim):
