@@ -14,7 +14,6 @@ import logging
 import os
 import signal
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from . import idmap, security
@@ -23,6 +22,7 @@ from . import process as proc
 from .cgroups import Manager, open_cgroup
 from .errors import ConfigError, InvalidState, PyociError, SetupError
 from .hooks import run_hooks
+from .records import mutable_record, record
 from .seccomp import compile_filter, process_state, send_to_listener
 from .spec import Process, Resources, Spec, load_spec, read_config, spec_from_bytes
 from .state import State, Store, process_start_time, process_status, validate_id
@@ -32,7 +32,7 @@ log = logging.getLogger("pyoci.runtime")
 CREATED, RUNNING, PAUSED, STOPPED = "created", "running", "paused", "stopped"
 
 
-@dataclass(frozen=True)
+@record
 class OciState:
     """The container state runtime-spec defines (runtime.md, "State"): what ``pyoci state`` prints and what
     hooks read on stdin."""
@@ -61,7 +61,7 @@ class OciState:
         }
 
 
-@dataclass
+@mutable_record
 class CreateOptions:
     stdio: tuple[int, int, int] | None = None  # fds for the init's stdin/stdout/stderr (None: inherit)
     no_pivot: bool = False
