@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 _SETATTR = object.__setattr__
+_SPECIAL = ("ClassVar", "InitVar", "KW_ONLY")  # annotations dataclass() treats apart
 
 
 def _init(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any], setattr: Any) -> None:
@@ -106,17 +107,29 @@ class _Mutable:
 def _make(cls: type, base: type, slots: bool) -> Any:
     if cls.__bases__ != (object,):
         raise TypeError(f"{cls.__qualname__}: a record cannot derive from another class")
-    names = tuple(cls.__annotations__)
+    annotations = dict(cls.__annotations__)
     if not cls.__dict__.get("__doc__"):
-        cls.__doc__ = f"{cls.__name__}({', '.join(names)})"  # else dataclass() runs inspect.signature on it
+        cls.__doc__ = f"{cls.__name__}({', '.join(annotations)})"  # else dataclass() runs inspect.signature on it
     if "__post_init__" in cls.__dict__:
         raise TypeError(f"{cls.__qualname__}: a record has no __post_init__")
+    shown = {}
+    for name, annotation in annotations.items():
+        if isinstance(annotation, str):
+            if any(word in annotation for word in _SPECIAL):
+                raise TypeError(f"{cls.__qualname__}.{name}: a record has no ClassVar, InitVar or KW_ONLY")
+            annotation = object
+        shown[name] = annotation
     body = {k: v for k, v in cls.__dict__.items() if k not in ("__dict__", "__weakref__")}
+    # dataclass() parses every string annotation three times over (ClassVar? InitVar? KW_ONLY?): a third of its
+    # time here. Those were refused above, so it is shown placeholders, and the annotations are put back after.
+    body["__annotations__"] = shown
     made = dataclass(type(cls.__name__, (base,), body), init=False, repr=False, eq=False, slots=slots)
+    made.__annotations__ = annotations
     spec = []
     for f in fields(made):
         if not (f.init and f.repr and f.compare and f.hash is None and not f.kw_only):
             raise TypeError(f"{cls.__qualname__}.{f.name}: only defaults and default_factory are supported")
+        f.type = annotations[f.name]
         spec.append((f.name, f.default, f.default_factory))
     made.__qualname__ = cls.__qualname__
     made.__record_fields__ = tuple(spec)

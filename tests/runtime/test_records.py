@@ -6,6 +6,7 @@ import copy
 import dataclasses
 import pickle
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import pytest
 
@@ -102,6 +103,12 @@ def test_what_records_do_not_do_is_refused():
         class _Derived(MutableDC):
             b: int = 0
 
+    with pytest.raises(TypeError, match="no ClassVar"):
+
+        @record
+        class _ClassVar:
+            a: ClassVar[int] = 0
+
     with pytest.raises(TypeError, match="no __post_init__"):
 
         @record
@@ -122,3 +129,5 @@ def test_the_spec_model_uses_the_shared_methods():
     process = spec.Process(args=("true",))
     assert dataclasses.replace(process, cwd="/tmp") == spec.Process(("true",), "/tmp")
     assert repr(spec.Root("/r")) == "Root(path='/r', readonly=False)"
+    assert spec.Root.__annotations__ == {"path": "str", "readonly": "bool"}
+    assert [f.type for f in dataclasses.fields(spec.Root)] == ["str", "bool"]
