@@ -15,12 +15,16 @@ import select
 import socket
 import struct
 import time
+from collections import namedtuple
 from collections.abc import Callable
 from dataclasses import field
-from typing import Any, NamedTuple
 
 from .errors import PyociError
 from .records import mutable_record
+
+TYPE_CHECKING = False  # typing costs ~3 ms to import (pyoci commands reach this module through open_cgroup)
+if TYPE_CHECKING:
+    from typing import Any
 
 METHOD_CALL, METHOD_RETURN, ERROR, SIGNAL = 1, 2, 3, 4
 NO_REPLY_EXPECTED = 0x1
@@ -45,9 +49,7 @@ class DBusError(PyociError):
         super().__init__(f"{name}: {message}" if message else name)
 
 
-class Variant(NamedTuple):
-    signature: str
-    value: Any
+Variant = namedtuple("Variant", ["signature", "value"])  # a D-Bus variant (typing.NamedTuple imports typing)
 
 
 # ------------------------------------------------------------------------------------------ signatures

@@ -47,3 +47,14 @@ def test_state_imports_no_shutil(tmp_path):
         "print(json.dumps(sorted(m for m in ('shutil', 'bz2', 'lzma') if m in sys.modules)))"
     )
     assert loaded == []
+
+
+def test_the_container_commands_import_no_typing_platform_or_shutil():
+    """Each was a few ms of every command: typing (dbus's NamedTuple, spec's Any), platform (the machine's name),
+    shutil (argparse's formatter, Store)."""
+    loaded = _run(
+        "import json, sys\n"
+        "import pyoci.runtime.cli, pyoci.runtime.container, pyoci.runtime.cgroups.systemd\n"
+        "print(json.dumps([m for m in ('typing', 'platform', 'shutil') if m in sys.modules]))"
+    )
+    assert loaded == []
