@@ -13,6 +13,7 @@ options, ``__post_init__`` and base classes are refused.
 from __future__ import annotations
 
 from dataclasses import MISSING, FrozenInstanceError, dataclass, fields
+from reprlib import recursive_repr
 
 TYPE_CHECKING = False  # typing itself costs ~3 ms to import; annotations are strings here
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ def _values(self: Any) -> tuple[Any, ...]:
     return tuple([getattr(self, name) for name in type(self).__record_names__])
 
 
+@recursive_repr()  # as dataclass's: a record that contains itself shows "..." there
 def _repr(self: Any) -> str:
     cls = type(self)
     return f"{cls.__qualname__}({', '.join(f'{name}={getattr(self, name)!r}' for name in cls.__record_names__)})"

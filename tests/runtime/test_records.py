@@ -74,6 +74,10 @@ def test_a_mutable_record_behaves_as_a_dataclass():
     assert r == MutableRec(3, {"x": 1}) and r != MutableRec()
     assert MutableRec.__hash__ is None and MutableDC.__hash__ is None
     assert dataclasses.asdict(r) == {"a": 3, "d": {"x": 1}}
+    d.a, d.d = 3, {"x": 1}
+    r.d["self"] = r  # type: ignore[assignment]
+    d.d["self"] = d  # type: ignore[assignment]
+    _same(r, d)  # recursion shown as "...", as dataclass's repr does
 
 
 @pytest.mark.parametrize(
