@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -274,7 +275,11 @@ def test_real_v1_cgroup_stats_and_freezer():
     try:
         # joins before exec, so the exec's work and pages are the cgroup's
         proc = subprocess.Popen(["sleep", "60"], preexec_fn=lambda: cgroup.add(os.getpid()))
-        s = cgroup.stats()
+        # the cpu time a task ran in the cgroup is charged when it is next scheduled out or ticked: under load,
+        # read as 0 just after the exec
+        deadline = time.monotonic() + 10
+        while (s := cgroup.stats()).cpu.usage.total_ns == 0 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert s.pids.current == 1 and s.memory.usage.usage > 0 and s.cpu.usage.total_ns > 0
         m = metrics.collect(cgroup)
         assert m.pids.current == 1 and m.memory.usage.usage > 0 and m.HasField("memory_oom_control")
