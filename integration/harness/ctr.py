@@ -71,7 +71,12 @@ class Ctr:
             self("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
         for cid in container_ids:
             if self.task_status(cid):
-                self.wait_task_status(cid, "STOPPED")
+                try:
+                    self.wait_task_status(cid, "STOPPED")
+                except CtrError:
+                    # a task whose start failed (a restore, say) can stay CREATED with no process to kill:
+                    # delete it by force rather than leave its shim and rootfs mount behind
+                    self("tasks", "delete", "--force", cid, check=False)
             self("tasks", "delete", cid, check=False)
             self("containers", "delete", cid, check=False)
 
