@@ -62,8 +62,8 @@ def _eq(self: Any, other: Any) -> Any:
     return NotImplemented
 
 
-class _Frozen:
-    """The shared methods of ``@dataclass(frozen=True, slots=True)``."""
+class _Record:
+    """What frozen and mutable records share: ``__init__`` from the field table, dataclass's repr and equality."""
 
     __slots__ = ()
     __record_fields__: tuple[tuple[str, Any, Any], ...] = ()
@@ -74,6 +74,12 @@ class _Frozen:
 
     __repr__ = _repr
     __eq__ = _eq
+
+
+class _Frozen(_Record):
+    """The shared methods of ``@dataclass(frozen=True, slots=True)``."""
+
+    __slots__ = ()
 
     def __hash__(self) -> int:
         return hash(_values(self))
@@ -92,17 +98,9 @@ class _Frozen:
             _SETATTR(self, name, value)
 
 
-class _Mutable:
-    """The shared methods of a plain ``@dataclass`` (mutable, so unhashable)."""
+class _Mutable(_Record):
+    """The shared methods of a plain ``@dataclass`` (mutable, so unhashable; instances have a ``__dict__``)."""
 
-    __record_fields__: tuple[tuple[str, Any, Any], ...] = ()
-    __record_names__: tuple[str, ...] = ()
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _init(self, args, kwargs, _SETATTR)
-
-    __repr__ = _repr
-    __eq__ = _eq
     __hash__ = None  # type: ignore[assignment]
 
 
