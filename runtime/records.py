@@ -23,7 +23,7 @@ _SETATTR = object.__setattr__
 _SPECIAL = ("ClassVar", "InitVar", "KW_ONLY")  # annotations dataclass() treats apart
 
 
-def _init(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any], setattr: Any) -> None:
+def _init(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
     cls = type(self)
     spec = cls.__record_fields__
     if len(args) > len(spec):
@@ -41,7 +41,7 @@ def _init(self: Any, args: tuple[Any, ...], kwargs: dict[str, Any], setattr: Any
             value = factory()
         else:
             raise TypeError(f"{cls.__qualname__}() missing required argument {name!r}")
-        setattr(self, name, value)
+        _SETATTR(self, name, value)
     if kwargs:  # what is left named no field
         raise TypeError(f"{cls.__qualname__}() got an unexpected keyword argument {next(iter(kwargs))!r}")
 
@@ -70,7 +70,7 @@ class _Record:
     __record_names__: tuple[str, ...] = ()
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        _init(self, args, kwargs, _SETATTR)
+        _init(self, args, kwargs)
 
     __repr__ = _repr
     __eq__ = _eq
