@@ -193,11 +193,7 @@ def restore(store: Store, container_id: str, bundle: str, opts: RestoreOptions) 
     pid = 0
     try:
         _refuse_terminal(spec)
-        cgroup = container.cgroup
-        cgroup.create()
-        container.state.cgroup_paths = cgroup.paths()
-        for warning in cgroup.apply(spec.linux.resources):
-            log.warning("%s: %s", container_id, warning)
+        container.make_cgroup(spec)
         root.mkdir()
         # criu pivots into --root, which must be a mount point of its own, private to the host
         k.mount(container.state.rootfs, str(root), None, k.MS_BIND | k.MS_REC)

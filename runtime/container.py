@@ -173,13 +173,19 @@ class Container:
             raise
         return container
 
-    def _create(self, spec: Spec, options: CreateOptions) -> None:
-        assert spec.process is not None
+    def make_cgroup(self, spec: Spec) -> Manager:
+        """The container's cgroup made (idempotent: an existing cgroup is joined, never removed or killed, see
+        ``cgroup_owned``), its paths recorded and the config's resources applied."""
         cgroup = self.cgroup
-        cgroup.create()  # idempotent: an existing cgroup is joined, never removed or killed (cgroup_owned)
+        cgroup.create()
         self.state.cgroup_paths = cgroup.paths()
         for warning in cgroup.apply(spec.linux.resources):
             log.warning("%s: %s", self.id, warning)
+        return cgroup
+
+    def _create(self, spec: Spec, options: CreateOptions) -> None:
+        assert spec.process is not None
+        cgroup = self.make_cgroup(spec)
         fifo = self.store.fifo(self.id)
         os.mkfifo(fifo, 0o622)
         os.chmod(fifo, 0o622)  # not subject to the umask: the container's root must be able to open it
