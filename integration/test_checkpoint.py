@@ -260,7 +260,7 @@ def test_ctr_checkpoint_and_restore(containerd, ctr, busybox_image, container_id
     ref = f"checkpoint/{container_id}:1"
     ctr("containers", "checkpoint", "--task", container_id, ref, timeout=600)
     assert ctr.task_status(container_id) == "RUNNING"  # checkpointed, resumed, still counting
-    _remove(ctr, container_id)
+    ctr.remove(container_id, timeout=300)  # with the slow guest's patience
     try:
         # not a TTY: ctr creates the task from the checkpoint, starts it (criu restores it) and returns
         restored = ctr("containers", "restore", "--live", container_id, ref, timeout=600, check=False)
@@ -270,7 +270,7 @@ def test_ctr_checkpoint_and_restore(containerd, ctr, busybox_image, container_id
         ctr("tasks", "kill", "-s", "SIGKILL", container_id, timeout=120)
         ctr.wait_task_status(container_id, "STOPPED", timeout=120)
     finally:
-        _remove(ctr, container_id)
+        ctr.remove(container_id, timeout=300)  # with the slow guest's patience
         ctr("images", "remove", ref, check=False, timeout=300)
 
 
@@ -281,12 +281,3 @@ def _diagnostics(containerd, what: str) -> str:
         parts.append(f"--- {log}:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
     parts.append("--- containerd log:\n" + containerd.log_tail(60))
     return "\n".join(parts)
-
-
-def _remove(ctr, cid: str) -> None:
-    """ctr.remove with the slow guest's timeouts."""
-    ctr("tasks", "kill", "--signal", "SIGKILL", cid, check=False, timeout=300)
-    if ctr.task_status(cid) not in ("", "CREATED"):  # a task whose start failed has no process to wait for
-        ctr.wait_task_status(cid, "STOPPED", timeout=300)
-    ctr("tasks", "delete", cid, check=False, timeout=300)
-    ctr("containers", "delete", cid, check=False, timeout=300)

@@ -65,20 +65,18 @@ class Ctr:
                 return parts[-1]
         return ""
 
-    def remove(self, *container_ids: str) -> None:
-        """SIGKILL each task, wait for it to stop, delete task and container (whatever of them exists)."""
+    def remove(self, *container_ids: str, timeout: float = 15.0) -> None:
+        """SIGKILL each task, wait up to ``timeout`` for it to stop, delete task and container (whatever of them
+        exists). A task still CREATED is deleted as it is (containerd deletes a created task): one whose start
+        failed, a restore say, has no process to stop."""
+        call_timeout = max(60.0, timeout)
         for cid in container_ids:
-            self("tasks", "kill", "--signal", "SIGKILL", cid, check=False)
+            self("tasks", "kill", "--signal", "SIGKILL", cid, check=False, timeout=call_timeout)
         for cid in container_ids:
-            if self.task_status(cid):
-                try:
-                    self.wait_task_status(cid, "STOPPED")
-                except CtrError:
-                    # a task whose start failed (a restore, say) can stay CREATED with no process to kill:
-                    # delete it by force rather than leave its shim and rootfs mount behind
-                    self("tasks", "delete", "--force", cid, check=False)
-            self("tasks", "delete", cid, check=False)
-            self("containers", "delete", cid, check=False)
+            if self.task_status(cid) not in ("", "CREATED"):
+                self.wait_task_status(cid, "STOPPED", timeout=timeout)
+            self("tasks", "delete", cid, check=False, timeout=call_timeout)
+            self("containers", "delete", cid, check=False, timeout=call_timeout)
 
     def task_pid(self, container_id: str) -> int:
         for line in self("tasks", "list").stdout.splitlines()[1:]:
