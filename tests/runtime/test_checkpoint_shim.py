@@ -73,11 +73,7 @@ def _identity(fd: int) -> tuple[int, int] | None:
 
 
 def _is_open(fd: int) -> bool:
-    try:
-        os.fstat(fd)
-    except OSError:
-        return False
-    return True
+    return _identity(fd) is not None
 
 
 @pytest.fixture
