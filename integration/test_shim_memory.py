@@ -11,21 +11,13 @@ everything alone (17 MB). The bound is generous (machines and interpreters diffe
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import psutil
 
+from benchmarks.compare import rollup_kb
+
 PYOCI = "io.containerd.pyoci.v2"
 USS_BOUND_KB = 10 * 1024
-
-
-def rollup_kb(pid: int) -> dict[str, int]:
-    out = {}
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
-        key, _, value = line.partition(":")
-        if value.strip().endswith("kB"):
-            out[key] = int(value.split()[0])
-    return out
 
 
 def wait_for_template(containerd, timeout: float = 30.0) -> list[int]:
@@ -46,6 +38,7 @@ def test_shim_forked_from_template_keeps_little_private_memory(ctr, containerd, 
         assert psutil.Process(pid).ppid() in templates, "the shim was not forked by the template"
         time.sleep(0.5)  # the shim has served Create and Start; let it settle as it would idle
         r = rollup_kb(pid)
+        assert r, f"the shim {pid} is gone"  # rollup_kb gives {} for a process that is gone
         uss = r.get("Private_Clean", 0) + r.get("Private_Dirty", 0)
         assert uss <= USS_BOUND_KB, (
             f"a template-forked shim holds {uss} kB alone (bound {USS_BOUND_KB} kB; Pss {r.get('Pss')} kB, "
